@@ -1,0 +1,5 @@
+//! loyalscore: churn probability and customer lifetime value for loyalty programmes.
+//!
+//! # Layout
+//! - [`features`]: `CustomerSummary` and the feature function, shared by trainer and server.
+pub mod features;
