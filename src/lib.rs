@@ -3,3 +3,4 @@
 //! # Layout
 //! - [`features`]: `CustomerSummary` and the feature function, shared by trainer and server.
 pub mod features;
+pub mod forest;
