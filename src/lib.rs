@@ -4,3 +4,7 @@
 //! - [`features`]: `CustomerSummary` and the feature function, shared by trainer and server.
 pub mod features;
 pub mod forest;
+pub mod model;
+pub mod registry;
+pub mod trainer;
+pub mod cli;

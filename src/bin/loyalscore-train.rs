@@ -1,1 +1,17 @@
-fn main(){}
+//! `loyalscore-train`: generate sample data, and train, evaluate and publish model versions.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = loyalscore::cli::train::Cli::parse();
+    loyalscore::cli::init_tracing(&cli.log, false);
+    match loyalscore::cli::train::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! What one model version is: the [`ModelBundle`] (both flat forests, the feature schema, the
+//! segment thresholds) and its [`Manifest`] (metrics, lineage, hyper-parameters, checksums).
+//! Encoding, decoding and checksums live here; storage and transport do not.
+
+mod bundle;
+mod manifest;
+mod segment;
+
+pub use bundle::{ModelBundle, BUNDLE_FILE};
+pub use manifest::{
+    sha256_hex, CalibrationBin, ChurnMetrics, ClvMetrics, DataLineage, FileEntry, GridPoint,
+    Hyperparameters, Manifest, Metrics, SplitInfo, TrainerInfo, MANIFEST_FILE,
+};
+pub use segment::{Segment, SegmentThresholds};
+
+/// Why a bundle or manifest could not be read or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{file}: not a loyalscore model bundle (bad magic or format {format})")]
+    BadFormat { file: String, format: u32 },
+    #[error("{file}: cannot decode: {reason}")]
+    Decode { file: String, reason: String },
+    #[error("{file}: checksum mismatch (manifest says {expected}, file hashes to {actual})")]
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("manifest lists no file named {0}")]
+    NotInManifest(String),
+    #[error("inconsistent model: {0}")]
+    Inconsistent(String),
+}

@@ -1,0 +1,248 @@
+//! The model registry on object storage: where versions are published, found and loaded.
+//!
+//! Layout under the registry root:
+//! ```text
+//! versions/<version>/model.bin       the bundle, written first
+//! versions/<version>/manifest.json   written last, create-if-absent: a version exists iff this does
+//! ```
+//! Works on any `Arc<dyn ObjectStore>`; [`open_store`] picks the backend from a URL.
+//! Nothing here knows about gRPC.
+
+mod store;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::model::{Manifest, ModelBundle, ModelError, BUNDLE_FILE, MANIFEST_FILE};
+
+pub use store::open_store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("version id {0:?} is not valid (letters, digits, '.', '_' and '-' only)")]
+    BadVersionId(String),
+    #[error("version {0} does not exist")]
+    VersionNotFound(String),
+    #[error("version {0} already exists; versions are immutable")]
+    VersionExists(String),
+    #[error("version {version}: {source}")]
+    Corrupt {
+        version: String,
+        #[source]
+        source: ModelError,
+    },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// A registry rooted at some prefix of an object store.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+}
+
+/// Version ids become path segments: keep them to a safe alphabet.
+pub fn check_version_id(id: &str) -> Result<(), RegistryError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::BadVersionId(id.to_string()))
+    }
+}
+
+impl Registry {
+    /// Opens the registry a URL or path names (see [`open_store`]).
+    pub fn open(url: &str) -> Result<Self, RegistryError> {
+        let (store, root) = open_store(url)?;
+        Ok(Registry {
+            store,
+            root,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path, url: impl Into<String>) -> Self {
+        Registry {
+            store,
+            root,
+            url: url.into(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub(crate) fn key(&self, parts: &[&str]) -> Path {
+        let mut p = self.root.clone();
+        for part in parts {
+            p = p.join(*part);
+        }
+        p
+    }
+
+    /// Publishes a version: every file first, then the manifest, each create-if-absent, so a
+    /// reader never sees half a version and nothing existing is ever overwritten.
+    pub async fn publish(
+        &self,
+        manifest: &Manifest,
+        files: &[(&str, Bytes)],
+    ) -> Result<(), RegistryError> {
+        let v = &manifest.version;
+        check_version_id(v)?;
+        for (name, bytes) in files {
+            manifest
+                .verify_file(name, bytes)
+                .map_err(|source| RegistryError::Corrupt {
+                    version: v.clone(),
+                    source,
+                })?;
+            self.put_new(&self.key(&["versions", v, name]), bytes.clone(), v)
+                .await?;
+        }
+        self.put_new(
+            &self.key(&["versions", v, MANIFEST_FILE]),
+            Bytes::from(manifest.to_json()),
+            v,
+        )
+        .await
+    }
+
+    async fn put_new(&self, key: &Path, bytes: Bytes, version: &str) -> Result<(), RegistryError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(key, PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(RegistryError::VersionExists(version.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every complete version's manifest, newest first. A version whose manifest cannot be
+    /// read is reported as an error rather than skipped: a registry should never hide one.
+    pub async fn list_versions(&self) -> Result<Vec<Manifest>, RegistryError> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.key(&["versions"])))
+            .await?;
+        let mut ids: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        // The local store lists in no particular order; ids sort by time.
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.manifest(&id).await {
+                Ok(m) => out.push(m),
+                // Files without a manifest: a publish in progress or one that died. Not a version.
+                Err(RegistryError::VersionNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one version's manifest.
+    pub async fn manifest(&self, version: &str) -> Result<Manifest, RegistryError> {
+        check_version_id(version)?;
+        let bytes = self
+            .get(&self.key(&["versions", version, MANIFEST_FILE]), version)
+            .await?;
+        let m = Manifest::from_json(&bytes).map_err(|source| RegistryError::Corrupt {
+            version: version.to_string(),
+            source,
+        })?;
+        if m.version != version {
+            return Err(RegistryError::Corrupt {
+                version: version.to_string(),
+                source: ModelError::Inconsistent(format!(
+                    "manifest names version {}",
+                    m.version
+                )),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Loads a version and verifies every file against the manifest's checksums.
+    pub async fn load(&self, version: &str) -> Result<(Manifest, ModelBundle), RegistryError> {
+        let manifest = self.manifest(version).await?;
+        let corrupt = |source| RegistryError::Corrupt {
+            version: version.to_string(),
+            source,
+        };
+        let mut bundle = None;
+        for f in &manifest.files {
+            let bytes = match self.get(&self.key(&["versions", version, &f.name]), version).await
+            {
+                Err(RegistryError::VersionNotFound(_)) => {
+                    return Err(corrupt(ModelError::Inconsistent(format!(
+                        "file {} is missing",
+                        f.name
+                    ))))
+                }
+                other => other?,
+            };
+            manifest.verify_file(&f.name, &bytes).map_err(corrupt)?;
+            if f.name == BUNDLE_FILE {
+                bundle = Some(ModelBundle::decode(&bytes).map_err(corrupt)?);
+            }
+        }
+        let bundle = bundle.ok_or_else(|| corrupt(ModelError::NotInManifest(BUNDLE_FILE.into())))?;
+        if bundle.schema != manifest.feature_schema {
+            return Err(corrupt(ModelError::Inconsistent(
+                "bundle and manifest disagree on the feature schema".into(),
+            )));
+        }
+        Ok((manifest, bundle))
+    }
+
+    async fn get(&self, key: &Path, version: &str) -> Result<Bytes, RegistryError> {
+        match self.store.get(key).await {
+            Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(RegistryError::VersionNotFound(version.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keys of every object under the registry root (for tests and tools).
+    pub async fn all_keys(&self) -> Result<Vec<Path>, RegistryError> {
+        let mut keys: Vec<Path> = self
+            .store
+            .list(Some(&self.root))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        keys.sort();
+        Ok(keys)
+    }
+}

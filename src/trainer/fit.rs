@@ -1,0 +1,503 @@
+//! The training run: split, features, hyper-parameter choice, forests, honest evaluation
+//! against baselines, and the artifact (bundle + manifest) ready to publish.
+
+use crate::features::{FeatureSchema, DAY};
+use crate::forest::{fit_forest, FlatForest, ForestParams, Matrix, TrainingMatrix};
+use crate::model::{
+    sha256_hex, ChurnMetrics, ClvMetrics, DataLineage, FileEntry, GridPoint, Hyperparameters,
+    Manifest, Metrics, ModelBundle, SegmentThresholds, SplitInfo, TrainerInfo, BUNDLE_FILE,
+};
+
+use super::dataset::{build_rows, in_share, stable_hash, Rows};
+use super::eval::{churn_metrics, clv_metrics, roc_auc, spearman};
+use super::load::TransactionLog;
+use super::time::{fmt_day, fmt_ts};
+use super::{Progress, TrainError};
+
+/// Overrides for one forest's regularisation; `None` lets the grid choose.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `Some(None)` means unlimited depth.
+    pub max_depth: Option<Option<u16>>,
+    pub min_samples_leaf: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub horizon_days: u32,
+    /// The validation snapshot; default: end of data minus the horizon.
+    pub as_of: Option<i64>,
+    pub lookback_days: u32,
+    /// Most training snapshots stacked for out-of-time validation.
+    pub train_snapshots: usize,
+    /// History a training snapshot needs before it, in days.
+    pub min_history_days: u32,
+    /// Share of customers held out when the data cannot span an out-of-time split.
+    pub holdout_share: f64,
+    pub n_trees: usize,
+    pub mtry: Option<usize>,
+    pub seed: u64,
+    pub churn: Overrides,
+    pub clv: Overrides,
+    pub grid_trees: usize,
+    pub grid_max_rows: usize,
+    pub max_train_rows: usize,
+    pub threads: usize,
+    pub force: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            horizon_days: 180,
+            as_of: None,
+            lookback_days: 365,
+            train_snapshots: 3,
+            min_history_days: 90,
+            holdout_share: 0.2,
+            n_trees: 100,
+            mtry: None,
+            seed: 7,
+            churn: Overrides::default(),
+            clv: Overrides::default(),
+            grid_trees: 30,
+            grid_max_rows: 60_000,
+            max_train_rows: 400_000,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            force: false,
+        }
+    }
+}
+
+/// Where the data came from and how the trainer was called, for the manifest.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub args: Vec<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A trained, evaluated version, not yet published.
+#[derive(Debug)]
+pub struct Trained {
+    pub manifest: Manifest,
+    pub bundle: ModelBundle,
+    pub bundle_bytes: Vec<u8>,
+}
+
+/// How validation is done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Split {
+    /// Train on earlier snapshots, validate on a later one, refit shifted by one horizon.
+    OutOfTime {
+        train: Vec<i64>,
+        validation: i64,
+        refit: Vec<i64>,
+    },
+    /// The data is too short: one snapshot, customers split by a hash of their id.
+    Holdout { snapshot: i64 },
+}
+
+impl Split {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Split::OutOfTime { .. } => "out_of_time",
+            Split::Holdout { .. } => "customer_hash_holdout",
+        }
+    }
+
+    pub fn validation(&self) -> i64 {
+        match self {
+            Split::OutOfTime { validation, .. } => *validation,
+            Split::Holdout { snapshot } => *snapshot,
+        }
+    }
+}
+
+/// Chooses the split for data from `first_ts` to `last_ts`.
+pub fn plan_split(first_ts: i64, last_ts: i64, opts: &FitOptions) -> Result<Split, TrainError> {
+    let start = first_ts.div_euclid(DAY) * DAY;
+    let end = (last_ts.div_euclid(DAY) + 1) * DAY;
+    let h = i64::from(opts.horizon_days) * DAY;
+    if opts.horizon_days == 0 {
+        return Err(TrainError::Split("--horizon-days must be at least 1".into()));
+    }
+    let v = opts.as_of.unwrap_or(end - h);
+    if v + h > end {
+        return Err(TrainError::Split(format!(
+            "--as-of {} leaves {} days of data after it, but --horizon-days is {}: labels need the whole horizon (the data ends {})",
+            fmt_ts(v),
+            (end - v).max(0) / DAY,
+            opts.horizon_days,
+            fmt_day(last_ts)
+        )));
+    }
+    if v <= start + DAY {
+        return Err(TrainError::Split(format!(
+            "the validation snapshot {} leaves no history before it (the data starts {}); a horizon of {} days needs more than {} days of data",
+            fmt_ts(v),
+            fmt_day(first_ts),
+            opts.horizon_days,
+            opts.horizon_days
+        )));
+    }
+    let min_history = i64::from(opts.min_history_days) * DAY;
+    let train: Vec<i64> = (1..=opts.train_snapshots as i64)
+        .map(|k| v - k * h)
+        .take_while(|t| t - start >= min_history)
+        .collect();
+    if train.is_empty() {
+        return Ok(Split::Holdout { snapshot: v });
+    }
+    let refit = train.iter().map(|t| t + h).collect();
+    Ok(Split::OutOfTime {
+        train,
+        validation: v,
+        refit,
+    })
+}
+
+fn ascending(mut v: Vec<i64>) -> Vec<i64> {
+    v.sort_unstable();
+    v
+}
+
+/// Keeps about `max` rows, chosen by a hash of customer and snapshot (so reruns agree).
+fn cap_rows(rows: Rows, max: usize, log: &TransactionLog, salt: &str) -> Rows {
+    if rows.len() <= max {
+        return rows;
+    }
+    let share = max as f64 / rows.len() as f64;
+    let keep: Vec<usize> = (0..rows.len())
+        .filter(|&i| {
+            let key = format!("{}#{}", log.ids[rows.cust[i] as usize], rows.snapshot[i]);
+            in_share(stable_hash(salt, &key), share)
+        })
+        .collect();
+    rows.select(&keep)
+}
+
+/// Rows whose customer falls in (or out of) a hashed share.
+fn split_by_customer(rows: &Rows, log: &TransactionLog, salt: &str, share: f64) -> (Rows, Rows) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..rows.len() {
+        if in_share(stable_hash(salt, &log.ids[rows.cust[i] as usize]), share) {
+            a.push(i);
+        } else {
+            b.push(i);
+        }
+    }
+    (rows.select(&a), rows.select(&b))
+}
+
+fn params_for(base: &ForestParams, o: &Overrides, depth: Option<u16>, leaf: usize) -> ForestParams {
+    ForestParams {
+        max_depth: o.max_depth.unwrap_or(depth),
+        min_samples_leaf: o.min_samples_leaf.unwrap_or(leaf),
+        ..base.clone()
+    }
+}
+
+const GRID_DEPTHS: [Option<u16>; 3] = [Some(8), Some(12), Some(16)];
+const GRID_LEAVES: [usize; 3] = [5, 20, 50];
+
+/// Picks max_depth and min_samples_leaf for both forests on an inner split of the training
+/// rows (never on the validation rows, whose metrics must stay honest).
+fn grid_search(
+    train: &Rows,
+    log: &TransactionLog,
+    opts: &FitOptions,
+    base: &ForestParams,
+    progress: &dyn Progress,
+) -> Result<(ForestParams, ForestParams, Vec<GridPoint>), TrainError> {
+    let points = |o: &Overrides| -> Vec<(Option<u16>, usize)> {
+        let depths: Vec<Option<u16>> = match o.max_depth {
+            Some(d) => vec![d],
+            None => GRID_DEPTHS.to_vec(),
+        };
+        let leaves: Vec<usize> = match o.min_samples_leaf {
+            Some(l) => vec![l],
+            None => GRID_LEAVES.to_vec(),
+        };
+        depths
+            .iter()
+            .flat_map(|&d| leaves.iter().map(move |&l| (d, l)))
+            .collect()
+    };
+    let (churn_pts, clv_pts) = (points(&opts.churn), points(&opts.clv));
+    if churn_pts.len() == 1 && clv_pts.len() == 1 {
+        let (d, l) = churn_pts[0];
+        let (cd, cl) = clv_pts[0];
+        return Ok((
+            params_for(base, &opts.churn, d, l),
+            params_for(base, &opts.clv, cd, cl),
+            Vec::new(),
+        ));
+    }
+    let (inner_val, inner_train) = split_by_customer(train, log, "grid", 0.25);
+    let inner_train = cap_rows(inner_train, opts.grid_max_rows, log, "grid-rows");
+    let inner_val = cap_rows(inner_val, opts.grid_max_rows / 2, log, "grid-rows");
+    if inner_train.is_empty() || inner_val.is_empty() {
+        let (d, l) = churn_pts[churn_pts.len() / 2];
+        let (cd, cl) = clv_pts[clv_pts.len() / 2];
+        return Ok((
+            params_for(base, &opts.churn, d, l),
+            params_for(base, &opts.clv, cd, cl),
+            Vec::new(),
+        ));
+    }
+    let tm = TrainingMatrix::new(&inner_train.x)?;
+    let small = ForestParams {
+        n_trees: opts.grid_trees.max(1),
+        ..base.clone()
+    };
+    let total = (churn_pts.len() + clv_pts.len()) * small.n_trees;
+    let tick = progress.start("choosing depth and leaf size", total as u64);
+    let mut grid = Vec::new();
+    let y_churn = inner_train.churn_target();
+    let mut best_churn = (f64::NEG_INFINITY, churn_pts[0]);
+    for &(d, l) in &churn_pts {
+        let p = params_for(&small, &opts.churn, d, l);
+        let f = fit_forest(&tm, &y_churn, &p, opts.threads, &|n| tick.inc(n as u64))?;
+        let score = roc_auc(&f.predict(&inner_val.x), &inner_val.churned);
+        grid.push(GridPoint {
+            model: "churn".into(),
+            max_depth: d,
+            min_samples_leaf: l,
+            metric: "roc_auc".into(),
+            score,
+        });
+        if score > best_churn.0 {
+            best_churn = (score, (d, l));
+        }
+    }
+    let mut best_clv = (f64::NEG_INFINITY, clv_pts[0]);
+    for &(d, l) in &clv_pts {
+        let p = params_for(&small, &opts.clv, d, l);
+        let f = fit_forest(&tm, &inner_train.spend_next, &p, opts.threads, &|n| {
+            tick.inc(n as u64)
+        })?;
+        let score = spearman(&f.predict(&inner_val.x), &inner_val.spend_next);
+        grid.push(GridPoint {
+            model: "clv".into(),
+            max_depth: d,
+            min_samples_leaf: l,
+            metric: "spearman".into(),
+            score,
+        });
+        if score > best_clv.0 {
+            best_clv = (score, (d, l));
+        }
+    }
+    let ((d, l), (cd, cl)) = (best_churn.1, best_clv.1);
+    Ok((
+        params_for(base, &opts.churn, d, l),
+        params_for(base, &opts.clv, cd, cl),
+        grid,
+    ))
+}
+
+/// Fits the churn and CLV forests on the same rows.
+fn fit_pair(
+    rows: &Rows,
+    churn: &ForestParams,
+    clv: &ForestParams,
+    opts: &FitOptions,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<(FlatForest, FlatForest), TrainError> {
+    let tm = TrainingMatrix::new(&rows.x)?;
+    let tick = progress.start(label, (churn.n_trees + clv.n_trees) as u64);
+    let c = fit_forest(&tm, &rows.churn_target(), churn, opts.threads, &|n| {
+        tick.inc(n as u64)
+    })?;
+    let v = fit_forest(&tm, &rows.spend_next, clv, opts.threads, &|n| tick.inc(n as u64))?;
+    Ok((c, v))
+}
+
+/// The 90-day rule, made a probability: the churn rate of its two groups on the training rows.
+fn ninety_day_rule(train: &Rows) -> impl Fn(f64) -> f64 {
+    let r = train.feature("recency_days");
+    let rate = |flagged: bool| {
+        let (mut n, mut c) = (0.0, 0.0);
+        for (i, &rd) in r.iter().enumerate() {
+            if (rd > 90.0) == flagged {
+                n += 1.0;
+                c += f64::from(u8::from(train.churned[i]));
+            }
+        }
+        (n > 0.0).then(|| c / n)
+    };
+    let overall = train.churned.iter().filter(|&&c| c).count() as f64 / train.len().max(1) as f64;
+    let (p1, p0) = (rate(true).unwrap_or(overall), rate(false).unwrap_or(overall));
+    move |rd: f64| if rd > 90.0 { p1 } else { p0 }
+}
+
+/// Runs the whole training: returns the version, or refuses if the models do not beat their
+/// baselines and `force` is off.
+pub fn train(
+    log: &TransactionLog,
+    opts: &FitOptions,
+    run: &RunInfo,
+    progress: &dyn Progress,
+) -> Result<Trained, TrainError> {
+    let q = &log.quality;
+    let split = plan_split(q.first_ts, q.last_ts, opts)?;
+    let h = i64::from(opts.horizon_days) * DAY;
+    let lookback = i64::from(opts.lookback_days) * DAY;
+    let base = ForestParams {
+        n_trees: opts.n_trees,
+        mtry: opts.mtry,
+        seed: opts.seed,
+        ..ForestParams::default()
+    };
+    let n = log.n_customers() as u64;
+    let all = |_: usize| true;
+    let holdout = |c: usize| in_share(stable_hash("holdout", &log.ids[c]), opts.holdout_share);
+
+    let (train_rows, val_rows, train_snaps, refit_snaps) = match &split {
+        Split::OutOfTime {
+            train,
+            validation,
+            refit,
+        } => {
+            let tick = progress.start("building features", 2 * n);
+            let tr = build_rows(log, &ascending(train.clone()), h, lookback, &all, tick.as_ref())?;
+            let va = build_rows(log, &[*validation], h, lookback, &all, tick.as_ref())?;
+            (tr, va, train.clone(), refit.clone())
+        }
+        Split::Holdout { snapshot } => {
+            let tick = progress.start("building features", 2 * n);
+            let tr = build_rows(log, &[*snapshot], h, lookback, &|c| !holdout(c), tick.as_ref())?;
+            let va = build_rows(log, &[*snapshot], h, lookback, &holdout, tick.as_ref())?;
+            (tr, va, vec![*snapshot], vec![*snapshot])
+        }
+    };
+    if train_rows.len() < 50 || val_rows.len() < 20 {
+        return Err(TrainError::Split(format!(
+            "too few customers to train and validate: {} training rows, {} validation rows",
+            train_rows.len(),
+            val_rows.len()
+        )));
+    }
+    let train_rows = cap_rows(train_rows, opts.max_train_rows, log, "train-rows");
+
+    let (churn_p, clv_p, grid) = grid_search(&train_rows, log, opts, &base, progress)?;
+    let (churn_f, clv_f) = fit_pair(&train_rows, &churn_p, &clv_p, opts, "fitting forests", progress)?;
+
+    // Validation: the models and both baselines on exactly the same rows.
+    let churn_pred = churn_f.predict(&val_rows.x);
+    let clv_pred = clv_f.predict(&val_rows.x);
+    let rule = ninety_day_rule(&train_rows);
+    let base_pred: Vec<f64> = val_rows.feature("recency_days").into_iter().map(&rule).collect();
+    let metrics = Metrics {
+        churn: churn_metrics(&churn_pred, &val_rows.churned),
+        churn_baseline: churn_metrics(&base_pred, &val_rows.churned),
+        clv: clv_metrics(&clv_pred, &val_rows.spend_next),
+        clv_baseline: clv_metrics(&val_rows.spend_prev, &val_rows.spend_next),
+    };
+    let beats = beats_baselines(&metrics.churn, &metrics.churn_baseline, &metrics.clv, &metrics.clv_baseline);
+    if !beats && !opts.force {
+        return Err(TrainError::NotBetter(Box::new(metrics)));
+    }
+    let segments = SegmentThresholds::from_population(
+        &churn_pred,
+        &clv_pred,
+        &val_rows.feature("spend_trend"),
+    );
+    let (train_n, val_n) = (train_rows.len(), val_rows.len());
+    drop(train_rows);
+
+    // The artifact: the same recipe refitted on the latest labelled data.
+    let refit_rows = match &split {
+        Split::OutOfTime { .. } => {
+            let tick = progress.start("building refit features", n);
+            build_rows(log, &ascending(refit_snaps.clone()), h, lookback, &all, tick.as_ref())?
+        }
+        Split::Holdout { snapshot } => {
+            let tick = progress.start("building refit features", n);
+            build_rows(log, &[*snapshot], h, lookback, &all, tick.as_ref())?
+        }
+    };
+    let refit_rows = cap_rows(refit_rows, opts.max_train_rows, log, "refit-rows");
+    let (churn, clv) = fit_pair(&refit_rows, &churn_p, &clv_p, opts, "refitting on the latest data", progress)?;
+
+    let bundle = ModelBundle {
+        schema: FeatureSchema::current(),
+        horizon_days: opts.horizon_days,
+        churn,
+        clv,
+        segments: segments.clone(),
+    };
+    let bundle_bytes = bundle.encode()?;
+    let sha = sha256_hex(&bundle_bytes);
+    let version = format!("v{}-{}", run.created_at.format("%Y%m%d-%H%M%S"), &sha[..6]);
+    let manifest = Manifest {
+        format: 1,
+        version,
+        created_at: run.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        trainer: TrainerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: option_env!("LOYALSCORE_GIT_COMMIT")
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
+            args: run.args.clone(),
+        },
+        data: DataLineage {
+            source: q.source.clone(),
+            sha256: q.sha256.clone(),
+            rows_read: q.rows_read,
+            rows_rejected: q.rows_rejected(),
+            rows_duplicate: q.duplicates,
+            customers: q.customers,
+            first_purchase: fmt_ts(q.first_ts),
+            last_purchase: fmt_ts(q.last_ts),
+        },
+        split: SplitInfo {
+            method: split.method().into(),
+            validation_as_of: fmt_ts(split.validation()),
+            horizon_days: opts.horizon_days,
+            lookback_days: opts.lookback_days,
+            train_snapshots: train_snaps.iter().map(|&t| fmt_ts(t)).collect(),
+            refit_snapshots: refit_snaps.iter().map(|&t| fmt_ts(t)).collect(),
+            train_rows: train_n as u64,
+            validation_rows: val_n as u64,
+            refit_rows: refit_rows.len() as u64,
+        },
+        hyperparameters: Hyperparameters {
+            churn: churn_p,
+            clv: clv_p,
+            selected_by: if grid.is_empty() { "flags" } else { "grid" }.into(),
+            grid,
+        },
+        feature_schema: FeatureSchema::current(),
+        metrics,
+        beats_baselines: beats,
+        forced: !beats,
+        segments,
+        files: vec![FileEntry {
+            name: BUNDLE_FILE.into(),
+            sha256: sha,
+            bytes: bundle_bytes.len() as u64,
+        }],
+    };
+    Ok(Trained {
+        manifest,
+        bundle,
+        bundle_bytes,
+    })
+}
+
+/// The publishing gate: better ranking than both baselines.
+pub fn beats_baselines(
+    churn: &ChurnMetrics,
+    churn_base: &ChurnMetrics,
+    clv: &ClvMetrics,
+    clv_base: &ClvMetrics,
+) -> bool {
+    churn.roc_auc > churn_base.roc_auc && clv.spearman > clv_base.spearman
+}
+
+/// Scores rows with a pair of forests (used by tests and offline checks).
+pub fn predict_pair(bundle: &ModelBundle, x: &Matrix) -> (Vec<f64>, Vec<f64>) {
+    (bundle.churn.predict(x), bundle.clv.predict(x))
+}
