@@ -2,9 +2,9 @@
 //!
 //! # Layout
 //! - [`features`]: `CustomerSummary` and the feature function, shared by trainer and server.
+pub mod cli;
 pub mod features;
 pub mod forest;
 pub mod model;
 pub mod registry;
 pub mod trainer;
-pub mod cli;

@@ -29,10 +29,9 @@ pub fn bar(label: &str, total: u64, bytes: bool) -> ProgressBar {
     let style = ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-    let pb = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr())
+    ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr())
         .with_style(style)
-        .with_message(label.to_string());
-    pb
+        .with_message(label.to_string())
 }
 
 impl Progress for Bars {

@@ -18,7 +18,11 @@ use crate::trainer::{self, report, FitOptions, LoadOptions, Overrides, RunInfo, 
 use super::progress::{bar, Bars};
 
 #[derive(Parser, Debug)]
-#[command(name = "loyalscore-train", version, about = "Train, evaluate and publish loyalscore models")]
+#[command(
+    name = "loyalscore-train",
+    version,
+    about = "Train, evaluate and publish loyalscore models"
+)]
 pub struct Cli {
     /// Log filter (tracing's EnvFilter syntax); logs go to stderr.
     #[arg(long, env = "LOYALSCORE_LOG", default_value = "warn", global = true)]
@@ -78,13 +82,13 @@ pub struct FitArgs {
     pub trees: usize,
     /// Churn forest depth in levels (root = 1), or "none"; default: chosen on a grid.
     #[arg(long, value_parser = parse_depth)]
-    pub churn_max_depth: Option<Option<u16>>,
+    pub churn_max_depth: Option<Depth>,
     /// Churn forest minimum samples per leaf; default: chosen on a grid.
     #[arg(long)]
     pub churn_min_samples_leaf: Option<usize>,
     /// CLV forest depth in levels, or "none"; default: chosen on a grid.
     #[arg(long, value_parser = parse_depth)]
-    pub clv_max_depth: Option<Option<u16>>,
+    pub clv_max_depth: Option<Depth>,
     /// CLV forest minimum samples per leaf; default: chosen on a grid.
     #[arg(long)]
     pub clv_min_samples_leaf: Option<usize>,
@@ -110,12 +114,16 @@ pub struct FitArgs {
     pub force: bool,
 }
 
-fn parse_depth(s: &str) -> Result<Option<u16>, String> {
+/// A depth limit, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct Depth(Option<u16>);
+
+fn parse_depth(s: &str) -> Result<Depth, String> {
     if s.eq_ignore_ascii_case("none") {
-        return Ok(None);
+        return Ok(Depth(None));
     }
     match s.parse::<u16>() {
-        Ok(d) if d >= 1 => Ok(Some(d)),
+        Ok(d) if d >= 1 => Ok(Depth(Some(d))),
         _ => Err(format!("{s:?} is not a depth (1 to 65535, or none)")),
     }
 }
@@ -128,7 +136,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn truth_path(out: &Path) -> PathBuf {
-    let stem = out.file_stem().map_or("sample".into(), |s| s.to_string_lossy().to_string());
+    let stem = out
+        .file_stem()
+        .map_or("sample".into(), |s| s.to_string_lossy().to_string());
     out.with_file_name(format!("{stem}.truth.csv"))
 }
 
@@ -154,7 +164,8 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     w.flush()?;
     pb.finish_and_clear();
     let tp = truth_path(&a.out);
-    let mut tw = BufWriter::new(File::create(&tp).with_context(|| format!("creating {}", tp.display()))?);
+    let mut tw =
+        BufWriter::new(File::create(&tp).with_context(|| format!("creating {}", tp.display()))?);
     write_truth(&truth, &mut tw)?;
     tw.flush()?;
     println!(
@@ -167,7 +178,10 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the transactions: a local file streams; an object-store URL is fetched whole.
-fn open_transactions(src: &str, rt: &tokio::runtime::Runtime) -> anyhow::Result<(Box<dyn Read>, u64)> {
+fn open_transactions(
+    src: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Box<dyn Read>, u64)> {
     let local = |p: &Path| -> anyhow::Result<(Box<dyn Read>, u64)> {
         let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -201,7 +215,10 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
         None => None,
     };
     if !(0.0..=1.0).contains(&a.max_bad_share) {
-        bail!("--max-bad-share must be between 0 and 1, got {}", a.max_bad_share);
+        bail!(
+            "--max-bad-share must be between 0 and 1, got {}",
+            a.max_bad_share
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -232,11 +249,11 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
         mtry: a.mtry,
         seed: a.seed,
         churn: Overrides {
-            max_depth: a.churn_max_depth,
+            max_depth: a.churn_max_depth.map(|d| d.0),
             min_samples_leaf: a.churn_min_samples_leaf,
         },
         clv: Overrides {
-            max_depth: a.clv_max_depth,
+            max_depth: a.clv_max_depth.map(|d| d.0),
             min_samples_leaf: a.clv_min_samples_leaf,
         },
         max_train_rows: a.max_train_rows.max(100),
@@ -262,7 +279,10 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
         println!("warning: published with --force although the models do not beat their baselines");
     }
     if a.dry_run {
-        println!("dry run: nothing published (version would be {})", trained.manifest.version);
+        println!(
+            "dry run: nothing published (version would be {})",
+            trained.manifest.version
+        );
         return Ok(());
     }
     let files = [(BUNDLE_FILE, Bytes::from(trained.bundle_bytes))];

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Bump when a name, its order or its definition changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-pub const N_FEATURES: usize = 21;
+pub const N_FEATURES: usize = 23;
 
 /// Feature names in vector order. Definitions are in `summary.rs` and README.md.
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
@@ -16,6 +16,8 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "visits_total",
     "purchases_90d",
     "purchases_365d",
+    "spend_90d",
+    "spend_180d",
     "spend_365d",
     "spend_total",
     "avg_basket",

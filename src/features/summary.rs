@@ -188,7 +188,9 @@ impl CustomerSummary {
             self.recent.pop_front();
         }
 
-        if t.channel != 0 && self.channels.len() < MAX_CHANNELS && !self.channels.contains(&t.channel)
+        if t.channel != 0
+            && self.channels.len() < MAX_CHANNELS
+            && !self.channels.contains(&t.channel)
         {
             self.channels.push(t.channel);
         }
@@ -336,6 +338,8 @@ fn assemble(t: &Totals) -> FeatureVector {
         t.visits,
         w.p90,
         w.p365,
+        w.s90,
+        w.s90 + w.s_prior90,
         w.s365,
         t.spend_total,
         t.spend_total / t.purchases,

@@ -32,11 +32,8 @@ fn naive(txs: &[Transaction], as_of: i64) -> FeatureVector {
             .map(|t| t.amount)
             .sum::<f64>()
     };
-    let visits = |lo: i64, hi: i64| {
-        days.iter()
-            .filter(|&&d| r - d >= lo && r - d < hi)
-            .count() as f64
-    };
+    let visits =
+        |lo: i64, hi: i64| days.iter().filter(|&&d| r - d >= lo && r - d < hi).count() as f64;
     let lr = |a: f64, b: f64| ((a + 1.0) / (b + 1.0)).ln();
     let total: f64 = txs.iter().map(|t| t.amount).sum();
     let (mean_gap, std_gap) = match gaps.len() {
@@ -72,6 +69,8 @@ fn naive(txs: &[Transaction], as_of: i64) -> FeatureVector {
         days.len() as f64,
         c90,
         count(0, 365),
+        spend(0, 90),
+        spend(0, 180),
         spend(0, 365),
         total,
         total / n,
@@ -179,8 +178,17 @@ fn one_purchase_customer_is_finite_and_neutral() {
     s.update(&Transaction::new(10_000 * D, 25.0)).unwrap();
     let f = s.features(10_000 * D + 30 * D).unwrap();
     assert_finite(&f);
-    assert_eq!(f[FEATURE_NAMES.iter().position(|n| *n == "visits_total").unwrap()], 1.0);
-    let z = FEATURE_NAMES.iter().position(|n| *n == "overdue_z").unwrap();
+    assert_eq!(
+        f[FEATURE_NAMES
+            .iter()
+            .position(|n| *n == "visits_total")
+            .unwrap()],
+        1.0
+    );
+    let z = FEATURE_NAMES
+        .iter()
+        .position(|n| *n == "overdue_z")
+        .unwrap();
     assert!(f[z].abs() < 1e-9, "overdue_z for one purchase is {}", f[z]);
 }
 
@@ -220,7 +228,11 @@ fn overdue_customer_scores_as_overdue() {
     let idx = |n: &str| FEATURE_NAMES.iter().position(|x| *x == n).unwrap();
     assert_eq!(f[idx("mean_gap_days")], 42.0);
     assert_eq!(f[idx("overdue_ratio")], 1.5);
-    assert_eq!(f[idx("overdue_z")], 10.0, "a perfectly regular customer 21 days late");
+    assert_eq!(
+        f[idx("overdue_z")],
+        10.0,
+        "a perfectly regular customer 21 days late"
+    );
 }
 
 #[test]

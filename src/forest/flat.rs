@@ -11,6 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{mirror, ForestError, Matrix};
 
+/// smartcore sends `x <= t` to the true (left) child. Written as `!(x <= t)` rather than
+/// `x > t` so that a NaN goes right exactly as in smartcore.
+#[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+fn goes_right(x: f64, t: f64) -> bool {
+    !(x <= t)
+}
+
 /// Marks a leaf in [`FlatNode::feature`].
 pub const LEAF: u32 = u32::MAX;
 
@@ -103,7 +111,9 @@ impl FlatForest {
             .ok_or_else(|| ForestError::Malformed("no forest to join".into()))?;
         for p in it {
             if p.n_features != out.n_features {
-                return Err(ForestError::Shape("joining forests of different widths".into()));
+                return Err(ForestError::Shape(
+                    "joining forests of different widths".into(),
+                ));
             }
             let base = out.nodes.len() as u32;
             out.roots.extend(p.roots.iter().map(|r| r + base));
@@ -125,11 +135,15 @@ impl FlatForest {
             return Err(ForestError::Malformed("no trees".into()));
         }
         if self.values.len() != n {
-            return Err(ForestError::Malformed("values and nodes differ in length".into()));
+            return Err(ForestError::Malformed(
+                "values and nodes differ in length".into(),
+            ));
         }
         for (k, &r) in self.roots.iter().enumerate() {
             if r as usize >= n {
-                return Err(ForestError::Malformed(format!("root of tree {k} is out of range")));
+                return Err(ForestError::Malformed(format!(
+                    "root of tree {k} is out of range"
+                )));
             }
         }
         for (i, node) in self.nodes.iter().enumerate() {
@@ -172,8 +186,7 @@ impl FlatForest {
             if n.feature == LEAF {
                 return i;
             }
-            // `!(x <= t)` rather than `x > t`: a NaN goes right, as in smartcore.
-            i = n.left as usize + usize::from(!(x[n.feature as usize] <= n.threshold));
+            i = n.left as usize + usize::from(goes_right(x[n.feature as usize], n.threshold));
         }
     }
 
@@ -216,7 +229,8 @@ impl FlatForest {
                 if n.feature == LEAF {
                     break;
                 }
-                let next = n.left as usize + usize::from(!(x[n.feature as usize] <= n.threshold));
+                let next =
+                    n.left as usize + usize::from(goes_right(x[n.feature as usize], n.threshold));
                 features[n.feature as usize] += self.values[next] - self.values[i];
                 i = next;
             }

@@ -62,13 +62,17 @@ fn flat_forest_predicts_bit_identically_to_smartcore() {
         let batch = flat.predict(&test);
         for i in 0..test.n_rows {
             let one = flat.predict_row(test.row(i));
-            assert_eq!(one.to_bits(), expected[i].to_bits(), "row {i}, case seed {seed}");
+            assert_eq!(
+                one.to_bits(),
+                expected[i].to_bits(),
+                "row {i}, case seed {seed}"
+            );
             assert_eq!(batch[i].to_bits(), expected[i].to_bits(), "batch row {i}");
         }
         // The training rows too: they hit thresholds exactly.
         let on_train = rf.predict(&dense(&x)).unwrap();
-        for i in 0..x.n_rows {
-            assert_eq!(flat.predict_row(x.row(i)).to_bits(), on_train[i].to_bits());
+        for (i, expected) in on_train.iter().enumerate() {
+            assert_eq!(flat.predict_row(x.row(i)).to_bits(), expected.to_bits());
         }
     }
 }
@@ -77,8 +81,17 @@ fn flat_forest_predicts_bit_identically_to_smartcore() {
 fn contributions_add_up_to_the_prediction() {
     let (x, y) = data(1_500, 6, 3, false);
     let tm = TrainingMatrix::new(&x).unwrap();
-    let f = fit_forest(&tm, &y, &ForestParams { n_trees: 12, ..Default::default() }, 2, &|_| {})
-        .unwrap();
+    let f = fit_forest(
+        &tm,
+        &y,
+        &ForestParams {
+            n_trees: 12,
+            ..Default::default()
+        },
+        2,
+        &|_| {},
+    )
+    .unwrap();
     for i in 0..200 {
         let c = f.contributions(x.row(i));
         let total = c.bias + c.features.iter().sum::<f64>();
@@ -91,7 +104,9 @@ fn contributions_add_up_to_the_prediction() {
             *c += v.abs();
         }
     }
-    let top = (0..6).max_by(|&a, &b| credit[a].total_cmp(&credit[b])).unwrap();
+    let top = (0..6)
+        .max_by(|&a, &b| credit[a].total_cmp(&credit[b]))
+        .unwrap();
     assert!(top <= 1, "top feature {top}, credits {credit:?}");
 }
 
@@ -99,7 +114,10 @@ fn contributions_add_up_to_the_prediction() {
 fn parallel_fit_is_deterministic_and_counts_trees() {
     let (x, y) = data(800, 5, 4, true);
     let tm = TrainingMatrix::new(&x).unwrap();
-    let params = ForestParams { n_trees: 23, ..Default::default() };
+    let params = ForestParams {
+        n_trees: 23,
+        ..Default::default()
+    };
     let done = std::sync::atomic::AtomicUsize::new(0);
     let a = fit_forest(&tm, &y, &params, 2, &|n| {
         done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -151,8 +151,12 @@ pub fn smartcore_forest(
     params: &ForestParams,
 ) -> Result<SmartcoreForest, ForestError> {
     check_target(x, y)?;
-    RandomForestRegressor::fit(&x.x, &y.to_vec(), params.smartcore(params.n_trees, params.seed))
-        .map_err(|e| ForestError::Smartcore(e.to_string()))
+    RandomForestRegressor::fit(
+        &x.x,
+        &y.to_vec(),
+        params.smartcore(params.n_trees, params.seed),
+    )
+    .map_err(|e| ForestError::Smartcore(e.to_string()))
 }
 
 impl FlatForest {

@@ -182,10 +182,7 @@ impl Registry {
         if m.version != version {
             return Err(RegistryError::Corrupt {
                 version: version.to_string(),
-                source: ModelError::Inconsistent(format!(
-                    "manifest names version {}",
-                    m.version
-                )),
+                source: ModelError::Inconsistent(format!("manifest names version {}", m.version)),
             });
         }
         Ok(m)
@@ -200,7 +197,9 @@ impl Registry {
         };
         let mut bundle = None;
         for f in &manifest.files {
-            let bytes = match self.get(&self.key(&["versions", version, &f.name]), version).await
+            let bytes = match self
+                .get(&self.key(&["versions", version, &f.name]), version)
+                .await
             {
                 Err(RegistryError::VersionNotFound(_)) => {
                     return Err(corrupt(ModelError::Inconsistent(format!(
@@ -215,7 +214,8 @@ impl Registry {
                 bundle = Some(ModelBundle::decode(&bytes).map_err(corrupt)?);
             }
         }
-        let bundle = bundle.ok_or_else(|| corrupt(ModelError::NotInManifest(BUNDLE_FILE.into())))?;
+        let bundle =
+            bundle.ok_or_else(|| corrupt(ModelError::NotInManifest(BUNDLE_FILE.into())))?;
         if bundle.schema != manifest.feature_schema {
             return Err(corrupt(ModelError::Inconsistent(
                 "bundle and manifest disagree on the feature schema".into(),

@@ -26,7 +26,8 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), RegistryErr
         return local(std::path::Path::new(url)).map_err(bad);
     };
     let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    let prefix = Path::parse(parsed.path().trim_start_matches('/')).map_err(|e| bad(e.to_string()))?;
+    let prefix =
+        Path::parse(parsed.path().trim_start_matches('/')).map_err(|e| bad(e.to_string()))?;
     let store: Arc<dyn ObjectStore> = match scheme {
         "file" => {
             let p = parsed

@@ -39,7 +39,10 @@ impl Rows {
     }
 
     pub fn churn_target(&self) -> Vec<f64> {
-        self.churned.iter().map(|&c| f64::from(u8::from(c))).collect()
+        self.churned
+            .iter()
+            .map(|&c| f64::from(u8::from(c)))
+            .collect()
     }
 
     pub fn feature(&self, name: &str) -> Vec<f64> {

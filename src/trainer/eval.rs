@@ -32,7 +32,12 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
         return 0.5;
     }
     let ranks = average_ranks(scores);
-    let sum: f64 = ranks.iter().zip(labels).filter(|(_, &l)| l).map(|(r, _)| r).sum();
+    let sum: f64 = ranks
+        .iter()
+        .zip(labels)
+        .filter(|(_, &l)| l)
+        .map(|(r, _)| r)
+        .sum();
     (sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
@@ -72,7 +77,12 @@ pub fn churn_metrics(p: &[f64], labels: &[bool]) -> ChurnMetrics {
     let n = p.len().max(1) as f64;
     let y = |l: bool| f64::from(u8::from(l));
     let rate = labels.iter().map(|&l| y(l)).sum::<f64>() / n;
-    let brier = p.iter().zip(labels).map(|(p, &l)| (p - y(l)).powi(2)).sum::<f64>() / n;
+    let brier = p
+        .iter()
+        .zip(labels)
+        .map(|(p, &l)| (p - y(l)).powi(2))
+        .sum::<f64>()
+        / n;
     let log_loss = -p
         .iter()
         .zip(labels)
@@ -180,8 +190,19 @@ pub fn clv_metrics(pred: &[f64], actual: &[f64]) -> ClvMetrics {
         rows: pred.len() as u64,
         mean_actual: total / n,
         mean_predicted: pred.iter().sum::<f64>() / n,
-        mae: pred.iter().zip(actual).map(|(p, a)| (p - a).abs()).sum::<f64>() / n,
-        rmse: (pred.iter().zip(actual).map(|(p, a)| (p - a).powi(2)).sum::<f64>() / n).sqrt(),
+        mae: pred
+            .iter()
+            .zip(actual)
+            .map(|(p, a)| (p - a).abs())
+            .sum::<f64>()
+            / n,
+        rmse: (pred
+            .iter()
+            .zip(actual)
+            .map(|(p, a)| (p - a).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt(),
         spearman: spearman(pred, actual),
         normalized_gini: normalized_gini(actual, pred),
         top_decile_capture: if total > 0.0 {

@@ -119,7 +119,9 @@ pub fn plan_split(first_ts: i64, last_ts: i64, opts: &FitOptions) -> Result<Spli
     let end = (last_ts.div_euclid(DAY) + 1) * DAY;
     let h = i64::from(opts.horizon_days) * DAY;
     if opts.horizon_days == 0 {
-        return Err(TrainError::Split("--horizon-days must be at least 1".into()));
+        return Err(TrainError::Split(
+            "--horizon-days must be at least 1".into(),
+        ));
     }
     let v = opts.as_of.unwrap_or(end - h);
     if v + h > end {
@@ -310,7 +312,9 @@ fn fit_pair(
     let c = fit_forest(&tm, &rows.churn_target(), churn, opts.threads, &|n| {
         tick.inc(n as u64)
     })?;
-    let v = fit_forest(&tm, &rows.spend_next, clv, opts.threads, &|n| tick.inc(n as u64))?;
+    let v = fit_forest(&tm, &rows.spend_next, clv, opts.threads, &|n| {
+        tick.inc(n as u64)
+    })?;
     Ok((c, v))
 }
 
@@ -328,7 +332,10 @@ fn ninety_day_rule(train: &Rows) -> impl Fn(f64) -> f64 {
         (n > 0.0).then(|| c / n)
     };
     let overall = train.churned.iter().filter(|&&c| c).count() as f64 / train.len().max(1) as f64;
-    let (p1, p0) = (rate(true).unwrap_or(overall), rate(false).unwrap_or(overall));
+    let (p1, p0) = (
+        rate(true).unwrap_or(overall),
+        rate(false).unwrap_or(overall),
+    );
     move |rd: f64| if rd > 90.0 { p1 } else { p0 }
 }
 
@@ -361,13 +368,27 @@ pub fn train(
             refit,
         } => {
             let tick = progress.start("building features", 2 * n);
-            let tr = build_rows(log, &ascending(train.clone()), h, lookback, &all, tick.as_ref())?;
+            let tr = build_rows(
+                log,
+                &ascending(train.clone()),
+                h,
+                lookback,
+                &all,
+                tick.as_ref(),
+            )?;
             let va = build_rows(log, &[*validation], h, lookback, &all, tick.as_ref())?;
             (tr, va, train.clone(), refit.clone())
         }
         Split::Holdout { snapshot } => {
             let tick = progress.start("building features", 2 * n);
-            let tr = build_rows(log, &[*snapshot], h, lookback, &|c| !holdout(c), tick.as_ref())?;
+            let tr = build_rows(
+                log,
+                &[*snapshot],
+                h,
+                lookback,
+                &|c| !holdout(c),
+                tick.as_ref(),
+            )?;
             let va = build_rows(log, &[*snapshot], h, lookback, &holdout, tick.as_ref())?;
             (tr, va, vec![*snapshot], vec![*snapshot])
         }
@@ -382,20 +403,36 @@ pub fn train(
     let train_rows = cap_rows(train_rows, opts.max_train_rows, log, "train-rows");
 
     let (churn_p, clv_p, grid) = grid_search(&train_rows, log, opts, &base, progress)?;
-    let (churn_f, clv_f) = fit_pair(&train_rows, &churn_p, &clv_p, opts, "fitting forests", progress)?;
+    let (churn_f, clv_f) = fit_pair(
+        &train_rows,
+        &churn_p,
+        &clv_p,
+        opts,
+        "fitting forests",
+        progress,
+    )?;
 
     // Validation: the models and both baselines on exactly the same rows.
     let churn_pred = churn_f.predict(&val_rows.x);
     let clv_pred = clv_f.predict(&val_rows.x);
     let rule = ninety_day_rule(&train_rows);
-    let base_pred: Vec<f64> = val_rows.feature("recency_days").into_iter().map(&rule).collect();
+    let base_pred: Vec<f64> = val_rows
+        .feature("recency_days")
+        .into_iter()
+        .map(&rule)
+        .collect();
     let metrics = Metrics {
         churn: churn_metrics(&churn_pred, &val_rows.churned),
         churn_baseline: churn_metrics(&base_pred, &val_rows.churned),
         clv: clv_metrics(&clv_pred, &val_rows.spend_next),
         clv_baseline: clv_metrics(&val_rows.spend_prev, &val_rows.spend_next),
     };
-    let beats = beats_baselines(&metrics.churn, &metrics.churn_baseline, &metrics.clv, &metrics.clv_baseline);
+    let beats = beats_baselines(
+        &metrics.churn,
+        &metrics.churn_baseline,
+        &metrics.clv,
+        &metrics.clv_baseline,
+    );
     if !beats && !opts.force {
         return Err(TrainError::NotBetter(Box::new(metrics)));
     }
@@ -411,7 +448,14 @@ pub fn train(
     let refit_rows = match &split {
         Split::OutOfTime { .. } => {
             let tick = progress.start("building refit features", n);
-            build_rows(log, &ascending(refit_snaps.clone()), h, lookback, &all, tick.as_ref())?
+            build_rows(
+                log,
+                &ascending(refit_snaps.clone()),
+                h,
+                lookback,
+                &all,
+                tick.as_ref(),
+            )?
         }
         Split::Holdout { snapshot } => {
             let tick = progress.start("building refit features", n);
@@ -419,7 +463,14 @@ pub fn train(
         }
     };
     let refit_rows = cap_rows(refit_rows, opts.max_train_rows, log, "refit-rows");
-    let (churn, clv) = fit_pair(&refit_rows, &churn_p, &clv_p, opts, "refitting on the latest data", progress)?;
+    let (churn, clv) = fit_pair(
+        &refit_rows,
+        &churn_p,
+        &clv_p,
+        opts,
+        "refitting on the latest data",
+        progress,
+    )?;
 
     let bundle = ModelBundle {
         schema: FeatureSchema::current(),
@@ -434,7 +485,9 @@ pub fn train(
     let manifest = Manifest {
         format: 1,
         version,
-        created_at: run.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        created_at: run
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         trainer: TrainerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: option_env!("LOYALSCORE_GIT_COMMIT")

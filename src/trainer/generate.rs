@@ -88,9 +88,9 @@ fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
     let end = opts.start + i64::from(opts.days) * DAY;
     let span = i64::from(opts.days) * DAY;
     let join = opts.start + rng.random_range(0..(span * 7 / 10).max(DAY));
-    let mean_gap = LogNormal::new(20f64.ln(), 0.7)
+    let mean_gap = LogNormal::new(30f64.ln(), 0.7)
         .map(|d| d.sample(&mut rng))
-        .unwrap_or(20.0)
+        .unwrap_or(30.0)
         .clamp(3.0, 180.0);
     let shape: f64 = rng.random_range(1.5..5.0);
     let basket = LogNormal::new(35f64.ln(), 0.5)
@@ -107,7 +107,10 @@ fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
     };
     let event_ts = match kind {
         Kind::Steady => None,
-        _ => Some(join + rng.random_range((60 * DAY)..(span.max(61 * DAY)))),
+        // Events spread over the customer's life and a little past the end of the log.
+        _ => {
+            Some(join + 60 * DAY + rng.random_range(0..(end + 90 * DAY - join - 60 * DAY).max(DAY)))
+        }
     };
     let stops_dead = rng.random_bool(0.85);
     let preferred = rng.random_range(0..CHANNELS.len()) as u8;
@@ -181,7 +184,7 @@ pub fn generate(
     out: &mut impl Write,
     progress: &dyn Fn(u64),
 ) -> std::io::Result<(Vec<Truth>, u64)> {
-    let mut txs = Vec::with_capacity(opts.customers * 28);
+    let mut txs = Vec::with_capacity(opts.customers * 32);
     let mut truth = Vec::with_capacity(opts.customers);
     for i in 0..opts.customers {
         truth.push(simulate(opts, i, &mut txs));
@@ -198,7 +201,7 @@ pub fn generate(
     let mut line = String::with_capacity(96);
     for t in &txs {
         line.clear();
-        line.push_str("C");
+        line.push('C');
         push_padded(&mut line, u64::from(t.cust) + 1, 7);
         line.push(',');
         push_rfc3339(&mut line, t.ts);
@@ -280,7 +283,13 @@ mod tests {
 
     #[test]
     fn rfc3339_formatting_matches_chrono() {
-        for ts in [0i64, 86_399, 951_782_400, 1_709_164_800 + 12_345, 4_102_444_799] {
+        for ts in [
+            0i64,
+            86_399,
+            951_782_400,
+            1_709_164_800 + 12_345,
+            4_102_444_799,
+        ] {
             let mut s = String::new();
             push_rfc3339(&mut s, ts);
             assert_eq!(s, crate::trainer::time::fmt_ts(ts));

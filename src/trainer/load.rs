@@ -20,7 +20,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { max_bad_share: 0.01 }
+        LoadOptions {
+            max_bad_share: 0.01,
+        }
     }
 }
 
@@ -185,7 +187,10 @@ struct Columns {
 }
 
 fn columns(header: &csv::StringRecord) -> Result<(Columns, Vec<String>), String> {
-    let names: Vec<String> = header.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+    let names: Vec<String> = header
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
     let find = |n: &str| names.iter().position(|h| h == n);
     let required = |n: &str| {
         find(n).ok_or_else(|| {
@@ -324,7 +329,10 @@ pub fn load_transactions<R: Read>(
         source_name: source_name.to_string(),
         reason,
     };
-    let header = rdr.headers().map_err(|e| header_err(e.to_string()))?.clone();
+    let header = rdr
+        .headers()
+        .map_err(|e| header_err(e.to_string()))?
+        .clone();
     let (cols, unknown) = columns(&header).map_err(header_err)?;
     if !unknown.is_empty() {
         tracing::warn!(columns = %unknown.join(","), "ignoring unknown columns");
@@ -350,7 +358,12 @@ pub fn load_transactions<R: Read>(
                 // Invalid UTF-8 and the like spoil one row, not the file.
                 if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
                     q.rows_read += 1;
-                    reject(&mut q, RejectReason::ColumnCount, line, "row is not valid UTF-8");
+                    reject(
+                        &mut q,
+                        RejectReason::ColumnCount,
+                        line,
+                        "row is not valid UTF-8",
+                    );
                     continue;
                 }
                 return Err(LoadError::Read {
@@ -445,5 +458,157 @@ fn group(mut rows: Vec<LogRow>, ids: Vec<String>, mut q: DataQuality) -> Transac
         offsets,
         rows,
         quality: q,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(csv: &str, max_bad_share: f64) -> Result<TransactionLog, LoadError> {
+        load_transactions(
+            csv.as_bytes(),
+            "test.csv",
+            &LoadOptions { max_bad_share },
+            |_| {},
+        )
+    }
+
+    /// One bad row at line 3 between good rows; the message must name the line and problem.
+    fn rejected_with(bad_row: &str, reason: RejectReason, problem: &str) {
+        let csv = format!(
+            "customer_id,timestamp,amount,points_earned,points_redeemed,channel,quantity\n\
+             A,2024-01-01,10.00,10,0,web,1\n{bad_row}\nB,2024-01-02T10:00:00Z,5,,,store,\n"
+        );
+        let log = load(&csv, 1.0).unwrap();
+        let r = &log.quality.rejected[&reason];
+        assert_eq!(r.count, 1, "{reason:?}");
+        let msg = &r.examples[0];
+        assert!(msg.starts_with("line 3: "), "{msg}");
+        assert!(msg.contains(problem), "{msg} should mention {problem}");
+        assert_eq!(log.quality.rows_ok, 2);
+        assert_eq!(log.quality.rows_read, 3);
+        // The same file with the default 1 % tolerance stops, naming the example.
+        let err = load(&csv, 0.01).unwrap_err().to_string();
+        assert!(err.contains("line 3: ") && err.contains(problem), "{err}");
+        assert!(err.contains("1 of 3 rows"), "{err}");
+    }
+
+    #[test]
+    fn unparseable_timestamp() {
+        rejected_with(
+            "A,2024-13-45,1,0,0,web,1",
+            RejectReason::BadTimestamp,
+            "timestamp \"2024-13-45\"",
+        );
+        rejected_with(
+            "A,last tuesday,1,0,0,web,1",
+            RejectReason::BadTimestamp,
+            "neither RFC 3339 nor YYYY-MM-DD",
+        );
+    }
+
+    #[test]
+    fn timestamp_out_of_range() {
+        rejected_with(
+            "A,1969-12-31,1,0,0,web,1",
+            RejectReason::BadTimestamp,
+            "before 1970",
+        );
+    }
+
+    #[test]
+    fn negative_amount() {
+        rejected_with(
+            "A,2024-01-03,-4.50,0,0,web,1",
+            RejectReason::BadAmount,
+            "amount \"-4.50\" is negative",
+        );
+    }
+
+    #[test]
+    fn non_finite_amount() {
+        rejected_with(
+            "A,2024-01-03,NaN,0,0,web,1",
+            RejectReason::BadAmount,
+            "amount \"NaN\" is not finite",
+        );
+        rejected_with(
+            "A,2024-01-03,inf,0,0,web,1",
+            RejectReason::BadAmount,
+            "is not finite",
+        );
+        rejected_with(
+            "A,2024-01-03,12$,0,0,web,1",
+            RejectReason::BadAmount,
+            "amount \"12$\" is not a number",
+        );
+    }
+
+    #[test]
+    fn empty_id() {
+        rejected_with(
+            "  ,2024-01-03,4,0,0,web,1",
+            RejectReason::EmptyId,
+            "customer_id is empty",
+        );
+    }
+
+    #[test]
+    fn wrong_column_count() {
+        rejected_with(
+            "A,2024-01-03,4",
+            RejectReason::ColumnCount,
+            "expected 7 columns, found 3",
+        );
+    }
+
+    #[test]
+    fn bad_points_and_quantity() {
+        rejected_with(
+            "A,2024-01-03,4,-1,0,web,1",
+            RejectReason::BadPoints,
+            "points_earned \"-1\" is negative",
+        );
+        rejected_with(
+            "A,2024-01-03,4,0,0,web,1.5",
+            RejectReason::BadQuantity,
+            "quantity \"1.5\"",
+        );
+    }
+
+    #[test]
+    fn header_is_required() {
+        let err = load("A,2024-01-01,10\n", 1.0).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("customer_id is missing"),
+            "{err}"
+        );
+        let err = load("customer_id,timestamp,value\nA,2024-01-01,3\n", 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amount is missing"), "{err}");
+    }
+
+    #[test]
+    fn groups_sorts_counts_duplicates_and_ignores_unknown_columns() {
+        let csv = "Customer_ID,timestamp,amount,store_id\n\
+                   B,2024-02-01,3,s1\nA,2024-01-05,2,s1\nB,2024-01-01,1,s2\n\
+                   A,2024-01-05,2,s1\n\n";
+        let log = load(csv, 0.0).unwrap();
+        assert_eq!(log.n_customers(), 2);
+        assert_eq!(log.quality.duplicates, 1);
+        assert_eq!(log.quality.ignored_columns, vec!["store_id".to_string()]);
+        let b = log.ids.iter().position(|i| i == "B").unwrap();
+        let ts: Vec<i64> = log.customer(b).iter().map(|r| r.ts).collect();
+        assert!(ts[0] < ts[1], "customer rows are in time order");
+        assert_eq!(log.quality.rows_read, 4, "blank lines are not rows");
+        assert_eq!(log.quality.sha256.len(), 64);
+    }
+
+    #[test]
+    fn nothing_valid_is_an_error() {
+        let err = load("customer_id,timestamp,amount\n", 1.0).unwrap_err();
+        assert!(matches!(err, LoadError::Empty { .. }));
     }
 }

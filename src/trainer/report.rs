@@ -46,7 +46,11 @@ pub fn data_quality(q: &DataQuality) -> String {
 }
 
 fn row(s: &mut String, name: &str, model: f64, base: f64, higher_is_better: bool) {
-    let better = if higher_is_better { model > base } else { model < base };
+    let better = if higher_is_better {
+        model > base
+    } else {
+        model < base
+    };
     let _ = writeln!(
         s,
         "  {:<22} {:>12.4} {:>14.4}   {}",
@@ -68,24 +72,54 @@ pub fn metrics_table(m: &Metrics) -> String {
         "churn (validation)", "forest", "90-day rule"
     );
     let _ = writeln!(s, "  {:<22} {:>12} {:>14}", "rows", c.0.rows, c.1.rows);
-    let _ = writeln!(s, "  {:<22} {:>12.4} {:>14.4}", "churn rate", c.0.churn_rate, c.1.churn_rate);
+    let _ = writeln!(
+        s,
+        "  {:<22} {:>12.4} {:>14.4}",
+        "churn rate", c.0.churn_rate, c.1.churn_rate
+    );
     row(&mut s, "ROC-AUC", c.0.roc_auc, c.1.roc_auc, true);
     row(&mut s, "PR-AUC", c.0.pr_auc, c.1.pr_auc, true);
     row(&mut s, "Brier", c.0.brier, c.1.brier, false);
     row(&mut s, "log-loss", c.0.log_loss, c.1.log_loss, false);
-    row(&mut s, "top-decile lift", c.0.top_decile_lift, c.1.top_decile_lift, true);
+    row(
+        &mut s,
+        "top-decile lift",
+        c.0.top_decile_lift,
+        c.1.top_decile_lift,
+        true,
+    );
     let _ = writeln!(
         s,
         "  {:<22} {:>12} {:>14}",
         "CLV (validation)", "forest", "last-H repeats"
     );
-    let _ = writeln!(s, "  {:<22} {:>12.2} {:>14.2}", "mean actual", v.0.mean_actual, v.1.mean_actual);
-    let _ = writeln!(s, "  {:<22} {:>12.2} {:>14.2}", "mean predicted", v.0.mean_predicted, v.1.mean_predicted);
+    let _ = writeln!(
+        s,
+        "  {:<22} {:>12.2} {:>14.2}",
+        "mean actual", v.0.mean_actual, v.1.mean_actual
+    );
+    let _ = writeln!(
+        s,
+        "  {:<22} {:>12.2} {:>14.2}",
+        "mean predicted", v.0.mean_predicted, v.1.mean_predicted
+    );
     row(&mut s, "MAE", v.0.mae, v.1.mae, false);
     row(&mut s, "RMSE", v.0.rmse, v.1.rmse, false);
     row(&mut s, "Spearman", v.0.spearman, v.1.spearman, true);
-    row(&mut s, "normalised Gini", v.0.normalized_gini, v.1.normalized_gini, true);
-    row(&mut s, "top-decile capture", v.0.top_decile_capture, v.1.top_decile_capture, true);
+    row(
+        &mut s,
+        "normalised Gini",
+        v.0.normalized_gini,
+        v.1.normalized_gini,
+        true,
+    );
+    row(
+        &mut s,
+        "top-decile capture",
+        v.0.top_decile_capture,
+        v.1.top_decile_capture,
+        true,
+    );
     s
 }
 

@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(parse_timestamp("19970101"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_as_of("1997-09-30"), parse_timestamp("1997-10-01"));
-        assert_eq!(fmt_day(parse_timestamp("1997-09-30").unwrap()), "1997-09-30");
+        assert_eq!(
+            fmt_day(parse_timestamp("1997-09-30").unwrap()),
+            "1997-09-30"
+        );
         assert_eq!(fmt_ts(DAY + 10), "1970-01-02T00:00:10Z");
     }
 }

@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use loyalscore::trainer::generate::{generate, GenerateOptions, Truth};
+use loyalscore::trainer::time::parse_timestamp;
+
+/// A generated log written to `dir/sample.csv`, with its truth.
+pub fn sample(dir: &Path, customers: usize, days: u32, seed: u64) -> (PathBuf, Vec<Truth>) {
+    let opts = GenerateOptions {
+        customers,
+        seed,
+        start: parse_timestamp("2023-01-01").unwrap(),
+        days,
+    };
+    let mut buf = Vec::new();
+    let (truth, _) = generate(&opts, &mut buf, &|_| {}).unwrap();
+    let path = dir.join("sample.csv");
+    std::fs::write(&path, buf).unwrap();
+    (path, truth)
+}
+
+/// Runs `loyalscore-train` with arguments; returns its output.
+pub fn train_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loyalscore-train"))
+        .args(args)
+        .env("LOYALSCORE_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
