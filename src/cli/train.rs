@@ -37,6 +37,19 @@ pub enum Cmd {
     Generate(GenerateArgs),
     /// Train both forests, evaluate them against baselines, publish a version.
     Fit(FitArgs),
+    /// Generate the sample data (unless present) and train on it into the registry.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Sample data to use, generated first if missing.
+    #[arg(long, default_value = "data/sample.csv")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 50_000)]
+    pub customers: usize,
+    #[arg(long, env = "LOYALSCORE_REGISTRY", default_value = "models")]
+    pub registry: String,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +145,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Fit(a) => run_fit(a),
+        Cmd::Quickstart(a) => run_quickstart(a),
+    }
+}
+
+fn run_quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
+    if a.data.exists() {
+        println!("using existing sample data {}", a.data.display());
+    } else {
+        run_generate(GenerateArgs {
+            customers: a.customers,
+            seed: 7,
+            out: a.data.clone(),
+            start: "2023-01-01".into(),
+            days: 1095,
+        })?;
+    }
+    let data = a.data.to_string_lossy().to_string();
+    let fit = Cli::try_parse_from(["loyalscore-train", "fit", "--transactions", &data, "--registry", &a.registry])?;
+    match fit.cmd {
+        Cmd::Fit(f) => run_fit(f),
+        _ => unreachable!("parsed a fit command"),
     }
 }
 
