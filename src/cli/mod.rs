@@ -1,6 +1,7 @@
 //! Command-line front ends: flag parsing and printing, calling the library. The binaries in
 //! `src/bin` are one-line shells around these.
 
+pub mod admin;
 pub mod progress;
 pub mod train;
 

@@ -162,7 +162,14 @@ fn run_quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         })?;
     }
     let data = a.data.to_string_lossy().to_string();
-    let fit = Cli::try_parse_from(["loyalscore-train", "fit", "--transactions", &data, "--registry", &a.registry])?;
+    let fit = Cli::try_parse_from([
+        "loyalscore-train",
+        "fit",
+        "--transactions",
+        &data,
+        "--registry",
+        &a.registry,
+    ])?;
     match fit.cmd {
         Cmd::Fit(f) => run_fit(f),
         _ => unreachable!("parsed a fit command"),

@@ -4,10 +4,12 @@
 //! ```text
 //! versions/<version>/model.bin       the bundle, written first
 //! versions/<version>/manifest.json   written last, create-if-absent: a version exists iff this does
+//! aliases/<name>/<seq>.json          one record per move of an alias; the highest is current
 //! ```
 //! Works on any `Arc<dyn ObjectStore>`; [`open_store`] picks the backend from a URL.
 //! Nothing here knows about gRPC.
 
+mod alias;
 mod store;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 
 use crate::model::{Manifest, ModelBundle, ModelError, BUNDLE_FILE, MANIFEST_FILE};
 
+pub use alias::{AliasRecord, Expect, Move};
 pub use store::open_store;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +39,42 @@ pub enum RegistryError {
         #[source]
         source: ModelError,
     },
+    #[error("alias name {0:?} is not valid (letters, digits, '.', '_' and '-' only)")]
+    BadAliasName(String),
+    #[error("alias {0} does not exist")]
+    AliasNotFound(String),
+    #[error("alias {0} has no previous version to roll back to")]
+    NothingToRollBack(String),
+    #[error("alias {alias} points at {actual}, not the expected {expected}; nothing changed")]
+    ExpectMismatch {
+        alias: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("alias {alias} already points at {version}; nothing changed")]
+    Unchanged { alias: String, version: String },
+    #[error("lost a race on alias {alias}: {actor} moved it to {winner} first; nothing changed")]
+    LostRace {
+        alias: String,
+        winner: String,
+        actor: String,
+    },
+    #[error("alias {alias} record {seq} is corrupt: {reason}")]
+    CorruptAlias {
+        alias: String,
+        seq: u64,
+        reason: String,
+    },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+}
+
+/// The versions of a registry, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub versions: Vec<Manifest>,
+    /// Version ids whose manifest is unreadable, with the reason.
+    pub broken: Vec<(String, String)>,
 }
 
 /// A registry rooted at some prefix of an object store.
@@ -143,9 +180,9 @@ impl Registry {
         }
     }
 
-    /// Every complete version's manifest, newest first. A version whose manifest cannot be
-    /// read is reported as an error rather than skipped: a registry should never hide one.
-    pub async fn list_versions(&self) -> Result<Vec<Manifest>, RegistryError> {
+    /// Every complete version's manifest, newest first, and the versions whose manifest
+    /// cannot be read (listed, not hidden: a registry should never lose sight of one).
+    pub async fn list_versions(&self) -> Result<Listing, RegistryError> {
         let listing = self
             .store
             .list_with_delimiter(Some(&self.key(&["versions"])))
@@ -157,12 +194,15 @@ impl Registry {
             .collect();
         // The local store lists in no particular order; ids sort by time.
         ids.sort_unstable_by(|a, b| b.cmp(a));
-        let mut out = Vec::with_capacity(ids.len());
+        let mut out = Listing::default();
         for id in ids {
             match self.manifest(&id).await {
-                Ok(m) => out.push(m),
+                Ok(m) => out.versions.push(m),
                 // Files without a manifest: a publish in progress or one that died. Not a version.
                 Err(RegistryError::VersionNotFound(_)) => {}
+                Err(e @ (RegistryError::Corrupt { .. } | RegistryError::BadVersionId(_))) => {
+                    out.broken.push((id, e.to_string()))
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use object_store::{
     aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder,
-    local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
+    local::LocalFileSystem, memory::InMemory, path::Path, BackoffConfig, ObjectStore, RetryConfig,
 };
 use url::Url;
 
@@ -37,7 +39,9 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), RegistryErr
         }
         "memory" => Arc::new(InMemory::new()),
         "s3" | "s3a" => {
-            let mut b = AmazonS3Builder::from_env().with_url(url);
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_retry(retry());
             // S3-compatible servers (MinIO, moto) are usually addressed by path and often
             // over plain HTTP; accept the switches under the names people already use.
             if let Ok(e) = std::env::var("AWS_ENDPOINT_URL") {
@@ -51,18 +55,30 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), RegistryErr
         "gs" => Arc::new(
             GoogleCloudStorageBuilder::from_env()
                 .with_url(url)
+                .with_retry(retry())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         "az" | "azure" | "abfs" | "abfss" => Arc::new(
             MicrosoftAzureBuilder::from_env()
                 .with_url(url)
+                .with_retry(retry())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         other => return Err(bad(format!("unknown scheme {other:?}"))),
     };
     Ok((store, prefix))
+}
+
+/// A few quick retries: an unreachable store should fail a command in seconds, not the
+/// default three minutes.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+    }
 }
 
 fn env_flag(name: &str) -> bool {

@@ -1,4 +1,7 @@
 //! The integration tests: one binary, real files, real binaries, real servers on loopback.
 
+mod cli;
+mod moto;
+mod registry;
 mod support;
 mod trainer;

@@ -54,3 +54,59 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use loyalscore::model::{Manifest, BUNDLE_FILE};
+use loyalscore::registry::Registry;
+use loyalscore::trainer::{
+    load_transactions, train, FitOptions, LoadOptions, Overrides, RunInfo, Silent,
+};
+
+/// A small real model, trained once per test binary.
+fn fixture() -> &'static (Manifest, Bytes) {
+    static F: OnceLock<(Manifest, Bytes)> = OnceLock::new();
+    F.get_or_init(|| {
+        let opts = GenerateOptions {
+            customers: 800,
+            seed: 21,
+            start: parse_timestamp("2023-01-01").unwrap(),
+            days: 700,
+        };
+        let mut buf = Vec::new();
+        generate(&opts, &mut buf, &|_| {}).unwrap();
+        let log =
+            load_transactions(&buf[..], "fixture.csv", &LoadOptions::default(), |_| {}).unwrap();
+        let small = Overrides {
+            max_depth: Some(Some(6)),
+            min_samples_leaf: Some(20),
+        };
+        let fit = FitOptions {
+            n_trees: 4,
+            churn: small.clone(),
+            clv: small,
+            force: true,
+            ..FitOptions::default()
+        };
+        let run = RunInfo {
+            args: vec!["test".into()],
+            created_at: chrono::Utc::now(),
+        };
+        let t = train(&log, &fit, &run, &Silent).unwrap();
+        (t.manifest, Bytes::from(t.bundle_bytes))
+    })
+}
+
+/// The fixture model under another version id.
+pub fn version(id: &str) -> (Manifest, Bytes) {
+    let (m, b) = fixture();
+    let mut m = m.clone();
+    m.version = id.to_string();
+    (m, b.clone())
+}
+
+pub async fn publish(reg: &Registry, id: &str) {
+    let (m, b) = version(id);
+    reg.publish(&m, &[(BUNDLE_FILE, b)]).await.unwrap();
+}

@@ -1,0 +1,253 @@
+//! Aliases (`production`, `staging`, any name): moved only by compare-and-swap, with every
+//! move kept as the audit history.
+//!
+//! Each move is a new object `aliases/<name>/<seq>.json` written create-if-absent; the
+//! highest sequence number is the alias's current value. Two writers racing for one move
+//! collide on the same key and exactly one wins; this needs only `PutMode::Create`, which
+//! every object_store backend has (the local filesystem has no `PutMode::Update`).
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{path::Path, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::{check_version_id, Registry, RegistryError};
+
+/// One move of an alias: its current value when it is the latest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub alias: String,
+    pub seq: u64,
+    pub version: String,
+    /// The version the alias pointed at before this move.
+    pub previous: Option<String>,
+    /// `set` or `rollback`.
+    pub action: String,
+    pub actor: String,
+    pub at: String,
+    pub reason: String,
+}
+
+/// What the caller believes the alias points at now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever it is (no check; the move is still atomic against concurrent movers).
+    Any,
+    /// The alias must not exist yet.
+    Absent,
+    /// The alias must point at this version.
+    Version(String),
+}
+
+impl Expect {
+    /// `none` means absent; anything else is a version id.
+    pub fn parse(s: &str) -> Self {
+        if s.eq_ignore_ascii_case("none") {
+            Expect::Absent
+        } else {
+            Expect::Version(s.to_string())
+        }
+    }
+}
+
+/// Who moves an alias and why.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub actor: String,
+    pub reason: String,
+}
+
+/// Alias names become path segments, like version ids.
+fn check_alias(name: &str) -> Result<(), RegistryError> {
+    check_version_id(name).map_err(|_| RegistryError::BadAliasName(name.to_string()))
+}
+
+fn seq_of(p: &Path) -> Option<u64> {
+    p.filename()?.strip_suffix(".json")?.parse().ok()
+}
+
+impl Registry {
+    fn alias_key(&self, name: &str, seq: u64) -> Path {
+        self.key(&["aliases", name, &format!("{seq:012}.json")])
+    }
+
+    async fn alias_seqs(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
+        let mut seqs: Vec<u64> = self
+            .store
+            .list(Some(&self.key(&["aliases", name])))
+            .try_filter_map(|m| futures::future::ready(Ok(seq_of(&m.location))))
+            .try_collect()
+            .await?;
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    async fn alias_record(&self, name: &str, seq: u64) -> Result<AliasRecord, RegistryError> {
+        let bytes = self
+            .store
+            .get(&self.alias_key(name, seq))
+            .await?
+            .bytes()
+            .await?;
+        let r: AliasRecord =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::CorruptAlias {
+                alias: name.to_string(),
+                seq,
+                reason: e.to_string(),
+            })?;
+        if r.seq != seq || r.alias != name {
+            return Err(RegistryError::CorruptAlias {
+                alias: name.to_string(),
+                seq,
+                reason: format!("record says alias {} seq {}", r.alias, r.seq),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Every alias name with at least one move, sorted.
+    pub async fn aliases(&self) -> Result<Vec<String>, RegistryError> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.key(&["aliases"])))
+            .await?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The alias's latest move, or `None` if it was never set.
+    pub async fn alias(&self, name: &str) -> Result<Option<AliasRecord>, RegistryError> {
+        check_alias(name)?;
+        match self.alias_seqs(name).await?.last() {
+            Some(&seq) => Ok(Some(self.alias_record(name, seq).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every move of the alias, oldest first.
+    pub async fn alias_history(&self, name: &str) -> Result<Vec<AliasRecord>, RegistryError> {
+        check_alias(name)?;
+        let mut out = Vec::new();
+        for seq in self.alias_seqs(name).await? {
+            out.push(self.alias_record(name, seq).await?);
+        }
+        Ok(out)
+    }
+
+    /// Points `name` at `version`, if the alias is where `expect` says. The version must
+    /// exist and pass its checksums. Losing a race to a concurrent mover is an error naming
+    /// the version that won; nothing is written then.
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        version: &str,
+        expect: &Expect,
+        mv: &Move,
+    ) -> Result<AliasRecord, RegistryError> {
+        self.move_alias(name, version, expect, mv, "set").await
+    }
+
+    /// Moves the alias back to the version it pointed at before its latest move.
+    pub async fn rollback_alias(
+        &self,
+        name: &str,
+        mv: &Move,
+    ) -> Result<AliasRecord, RegistryError> {
+        let current = self
+            .alias(name)
+            .await?
+            .ok_or_else(|| RegistryError::AliasNotFound(name.to_string()))?;
+        let previous = current
+            .previous
+            .clone()
+            .ok_or_else(|| RegistryError::NothingToRollBack(name.to_string()))?;
+        self.move_alias(
+            name,
+            &previous,
+            &Expect::Version(current.version),
+            mv,
+            "rollback",
+        )
+        .await
+    }
+
+    async fn move_alias(
+        &self,
+        name: &str,
+        version: &str,
+        expect: &Expect,
+        mv: &Move,
+        action: &str,
+    ) -> Result<AliasRecord, RegistryError> {
+        check_alias(name)?;
+        // Verify the target before anything is written: an alias never points at a version
+        // that is missing or corrupt.
+        self.load(version).await?;
+        let current = self.alias(name).await?;
+        let current_version = current.as_ref().map(|r| r.version.clone());
+        let ok = match expect {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current_version.as_deref() == Some(v.as_str()),
+        };
+        if !ok {
+            return Err(RegistryError::ExpectMismatch {
+                alias: name.to_string(),
+                expected: match expect {
+                    Expect::Version(v) => v.clone(),
+                    _ => "none".into(),
+                },
+                actual: current_version.unwrap_or_else(|| "none".into()),
+            });
+        }
+        // A move to where the alias already is would be a no-op in the history, and it would
+        // let a stale compare-and-swap succeed after one (A -> A while B expected A).
+        if current_version.as_deref() == Some(version) {
+            return Err(RegistryError::Unchanged {
+                alias: name.to_string(),
+                version: version.to_string(),
+            });
+        }
+        let seq = current.as_ref().map_or(1, |r| r.seq + 1);
+        let record = AliasRecord {
+            alias: name.to_string(),
+            seq,
+            version: version.to_string(),
+            previous: current_version,
+            action: action.to_string(),
+            actor: mv.actor.clone(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            reason: mv.reason.clone(),
+        };
+        let body = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(
+                &self.alias_key(name, seq),
+                PutPayload::from_bytes(Bytes::from(body)),
+                opts,
+            )
+            .await
+        {
+            Ok(_) => Ok(record),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let winner = self.alias_record(name, seq).await?;
+                Err(RegistryError::LostRace {
+                    alias: name.to_string(),
+                    winner: winner.version,
+                    actor: winner.actor,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

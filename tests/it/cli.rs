@@ -1,0 +1,203 @@
+//! The `loyalscore` CLI as a person or a script uses it: real binary, real registries.
+
+use std::process::{Command, Output};
+
+use loyalscore::registry::Registry;
+
+use crate::moto::{Moto, BUCKET};
+use crate::support::{publish, sample, text};
+
+fn cli(registry: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loyalscore"))
+        .arg("--registry")
+        .arg(registry)
+        .args(args)
+        .env("USER", "tester")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+#[test]
+fn promote_compare_and_roll_back_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = Registry::open(path).unwrap();
+    rt.block_on(async {
+        publish(&reg, "v20260101-000000-aaaaaa").await;
+        publish(&reg, "v20260102-000000-bbbbbb").await;
+    });
+    let (a, b) = ("v20260101-000000-aaaaaa", "v20260102-000000-bbbbbb");
+
+    let list = ok(&cli(path, &["models", "list"]));
+    let first = list.lines().nth(1).unwrap();
+    assert!(first.starts_with(b), "newest first:\n{list}");
+    assert!(list.lines().next().unwrap().contains("CHURN AUC"));
+    assert!(ok(&cli(path, &["models", "show", a])).contains("sha256"));
+    let diff = ok(&cli(path, &["models", "diff", a, b]));
+    assert!(
+        diff.contains("churn ROC-AUC") && diff.contains("CLV min_samples_leaf"),
+        "{diff}"
+    );
+
+    let out = ok(&cli(
+        path,
+        &[
+            "alias",
+            "set",
+            "production",
+            a,
+            "--expect",
+            "none",
+            "--reason",
+            "first model",
+        ],
+    ));
+    assert!(out.contains(&format!("production: none -> {a}")), "{out}");
+    ok(&cli(
+        path,
+        &[
+            "alias",
+            "set",
+            "production",
+            b,
+            "--expect",
+            a,
+            "--reason",
+            "better AUC",
+        ],
+    ));
+
+    // A stale --expect loses, exits 3 and names where the alias really is.
+    let stale = cli(
+        path,
+        &[
+            "alias",
+            "set",
+            "production",
+            a,
+            "--expect",
+            a,
+            "--reason",
+            "late",
+        ],
+    );
+    assert_eq!(stale.status.code(), Some(3));
+    assert!(
+        text(&stale.stderr).contains(&format!("points at {b}")),
+        "{}",
+        text(&stale.stderr)
+    );
+
+    let missing_reason = cli(path, &["alias", "set", "staging", a]);
+    assert!(!missing_reason.status.success());
+    assert!(text(&missing_reason.stderr).contains("--reason is required"));
+
+    let out = ok(&cli(
+        path,
+        &[
+            "alias",
+            "rollback",
+            "production",
+            "--reason",
+            "revenue dipped",
+        ],
+    ));
+    assert!(out.contains(&format!("production: {b} -> {a}")), "{out}");
+    let hist: serde_json::Value = serde_json::from_str(&ok(&cli(
+        path,
+        &["alias", "history", "production", "--json"],
+    )))
+    .unwrap();
+    let hist = hist.as_array().unwrap();
+    assert_eq!(hist.len(), 3);
+    assert_eq!(hist[2]["action"], "rollback");
+    assert_eq!(hist[2]["actor"], "tester");
+    assert_eq!(hist[2]["reason"], "revenue dipped");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&cli(path, &["models", "list", "--json"]))).unwrap();
+    assert_eq!(list[1]["aliases"][0], "production");
+
+    let unknown = cli(path, &["models", "show", "v404"]);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown.stderr).contains("version v404 does not exist"));
+    let unknown = cli(path, &["alias", "history", "nope"]);
+    assert!(text(&unknown.stderr).contains("alias nope does not exist"));
+}
+
+/// Training and promotion against S3 by URL, configured by the usual AWS variables.
+#[test]
+fn train_and_promote_on_s3_by_url() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, _) = sample(dir.path(), 600, 500, 8);
+    let url = format!("s3://{BUCKET}/prod/models");
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ];
+    let mut train = Command::new(env!("CARGO_BIN_EXE_loyalscore-train"));
+    train.args([
+        "fit",
+        "--transactions",
+        csv.to_str().unwrap(),
+        "--registry",
+        &url,
+        "--trees",
+        "5",
+        "--churn-max-depth",
+        "6",
+        "--churn-min-samples-leaf",
+        "20",
+        "--clv-max-depth",
+        "6",
+        "--clv-min-samples-leaf",
+        "20",
+        "--force",
+    ]);
+    let admin = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_loyalscore"));
+        c.args(["--registry", &url]).args(args);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for (k, v) in &env {
+        train.env(k, v);
+    }
+    let out = train.output().unwrap();
+    let stdout = ok(&out);
+    let version = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("published version "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let list = ok(&admin(&["models", "list"]));
+    assert!(list.contains(&version), "{list}");
+    ok(&admin(&[
+        "alias",
+        "set",
+        "production",
+        &version,
+        "--reason",
+        "s3",
+    ]));
+    assert!(ok(&admin(&["alias", "list"])).contains(&version));
+}
