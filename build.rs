@@ -1,8 +1,26 @@
-//! Records the git commit for the manifest's lineage (empty outside a git checkout).
+//! Compiles proto/ into OUT_DIR (with a file descriptor set for gRPC reflection) and records
+//! the git commit for the manifest's lineage.
 
+use std::path::PathBuf;
 use std::process::Command;
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A vendored protoc, so a fresh machine needs nothing installed; $PROTOC still wins.
+    if std::env::var_os("PROTOC").is_none() {
+        std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("loyalscore_descriptor.bin"))
+        .compile_protos(
+            &[
+                "proto/loyalscore/v1/scoring.proto",
+                "proto/loyalscore/v1/registry.proto",
+            ],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+
     let commit = Command::new("git")
         .args(["rev-parse", "HEAD"])
         .output()
@@ -17,4 +35,5 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+    Ok(())
 }

@@ -6,5 +6,7 @@ pub mod cli;
 pub mod features;
 pub mod forest;
 pub mod model;
+pub mod proto;
 pub mod registry;
+pub mod scoring;
 pub mod trainer;

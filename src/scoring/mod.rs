@@ -1,0 +1,219 @@
+//! The one path from a customer to a score: features (from a history with the trainer's own
+//! code, or given by name) → both flat forests → segment → reasons. The gRPC server, offline
+//! batch scoring and the tests all call this; none of it knows about transport.
+
+mod reasons;
+
+use crate::features::{
+    CustomerSummary, FeatureError, FeatureSchema, FeatureVector, Transaction, N_FEATURES,
+};
+use crate::model::{Manifest, ModelBundle, Segment};
+
+pub use reasons::reason_text;
+
+/// What a scoring call may not exceed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_history: usize,
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_history: 10_000,
+            max_batch: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoringError {
+    /// A request field is wrong; `field` is its path ("history.transactions[3].amount").
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("version {0} does not exist or cannot be loaded")]
+    VersionNotFound(String),
+    #[error("no model version is loaded yet")]
+    NotReady,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScoringError {
+    ScoringError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A loaded, verified version, ready to score.
+#[derive(Debug)]
+pub struct Model {
+    pub version: String,
+    pub manifest: Manifest,
+    pub bundle: ModelBundle,
+    spend_trend: usize,
+}
+
+impl Model {
+    /// Accepts a bundle only if its schema is the one this build computes from histories.
+    pub fn new(manifest: Manifest, bundle: ModelBundle) -> Result<Self, String> {
+        let current = FeatureSchema::current();
+        if bundle.schema != current {
+            return Err(format!(
+                "version {} uses feature schema v{} ({} features); this server computes v{} ({} features)",
+                manifest.version,
+                bundle.schema.version,
+                bundle.schema.len(),
+                current.version,
+                current.len()
+            ));
+        }
+        let spend_trend = current.index_of("spend_trend").unwrap_or(0);
+        Ok(Model {
+            version: manifest.version.clone(),
+            manifest,
+            bundle,
+            spend_trend,
+        })
+    }
+
+    pub fn schema(&self) -> &FeatureSchema {
+        &self.bundle.schema
+    }
+}
+
+/// A scored customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub churn: f64,
+    pub clv: f64,
+    pub segment: Segment,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason {
+    pub feature: &'static str,
+    pub churn_contribution: f64,
+    pub text: String,
+}
+
+/// Features given by name, in any order, checked against the schema.
+pub fn features_from_named(
+    schema: &FeatureSchema,
+    names: &[String],
+    values: &[f64],
+) -> Result<FeatureVector, ScoringError> {
+    if names.len() != values.len() {
+        return Err(invalid(
+            "features.values",
+            format!("{} values for {} names", values.len(), names.len()),
+        ));
+    }
+    let mut f = [0.0; N_FEATURES];
+    let mut seen = [false; N_FEATURES];
+    for (i, (name, &v)) in names.iter().zip(values).enumerate() {
+        // Callers usually send the schema's order: try the same position first.
+        let j = if schema.names.get(i) == Some(name) {
+            i
+        } else {
+            schema.index_of(name).ok_or_else(|| {
+                invalid(
+                    format!("features.names[{i}]"),
+                    format!("unknown feature {name:?}"),
+                )
+            })?
+        };
+        if seen[j] {
+            return Err(invalid(
+                format!("features.names[{i}]"),
+                format!("feature {name:?} is given twice"),
+            ));
+        }
+        if !v.is_finite() {
+            return Err(invalid(
+                format!("features.values[{i}]"),
+                format!("{name} is {v}, not a finite number"),
+            ));
+        }
+        seen[j] = true;
+        f[j] = v;
+    }
+    if let Some(j) = seen.iter().position(|s| !s) {
+        return Err(invalid(
+            "features.names",
+            format!("missing feature {:?}", schema.names[j]),
+        ));
+    }
+    Ok(f)
+}
+
+/// Features from a purchase history at `as_of`, with the trainer's code.
+pub fn features_from_history(
+    txs: &[Transaction],
+    as_of: i64,
+    limits: &Limits,
+) -> Result<FeatureVector, ScoringError> {
+    const FIELD: &str = "history.transactions";
+    if txs.is_empty() {
+        return Err(invalid(
+            FIELD,
+            "is empty: a customer needs at least one purchase",
+        ));
+    }
+    if txs.len() > limits.max_history {
+        return Err(invalid(
+            FIELD,
+            format!(
+                "has {} transactions, more than the limit of {}",
+                txs.len(),
+                limits.max_history
+            ),
+        ));
+    }
+    for (i, t) in txs.iter().enumerate() {
+        if let Err(e) = t.validate() {
+            let (field, msg) = match e {
+                FeatureError::TimestampOutOfRange(_) => ("time", e.to_string()),
+                FeatureError::BadAmount(_) => ("amount", e.to_string()),
+                FeatureError::BadPoints { field, .. } => (field, e.to_string()),
+                other => ("", other.to_string()),
+            };
+            return Err(invalid(format!("{FIELD}[{i}].{field}"), msg));
+        }
+        if t.ts >= as_of {
+            return Err(invalid(
+                format!("{FIELD}[{i}].time"),
+                "is not before as_of: score a history only up to the moment it describes",
+            ));
+        }
+    }
+    let summary =
+        CustomerSummary::from_transactions(txs).map_err(|e| invalid(FIELD, e.to_string()))?;
+    summary
+        .features(as_of)
+        .map_err(|e| invalid(FIELD, e.to_string()))
+}
+
+/// Scores a feature vector with both forests; reasons only when asked (they cost a second
+/// walk of the churn forest).
+pub fn score(model: &Model, f: &FeatureVector, explain: bool) -> Scored {
+    let b = &model.bundle;
+    let churn = b.churn.predict_row(f);
+    let clv = b.clv.predict_row(f).max(0.0);
+    let segment = b.segments.segment(churn, clv, f[model.spend_trend]);
+    let reasons = if explain {
+        reasons::top_reasons(model, f, 3)
+    } else {
+        Vec::new()
+    };
+    Scored {
+        churn,
+        clv,
+        segment,
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+//! Reasons a CRM user can read, from the churn forest's path attributions.
+
+use crate::features::{FeatureVector, FEATURE_NAMES};
+
+use super::{Model, Reason};
+
+/// The `k` features that moved this customer's churn probability most, either way.
+pub(super) fn top_reasons(model: &Model, f: &FeatureVector, k: usize) -> Vec<Reason> {
+    let c = model.bundle.churn.contributions(f);
+    let mut idx: Vec<usize> = (0..c.features.len()).collect();
+    idx.sort_by(|&a, &b| c.features[b].abs().total_cmp(&c.features[a].abs()));
+    idx.into_iter()
+        .take(k)
+        .filter(|&j| c.features[j] != 0.0)
+        .map(|j| Reason {
+            feature: FEATURE_NAMES[j],
+            churn_contribution: c.features[j],
+            text: reason_text(FEATURE_NAMES[j], f, c.features[j]),
+        })
+        .collect()
+}
+
+fn value(f: &FeatureVector, name: &str) -> f64 {
+    FEATURE_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map_or(0.0, |i| f[i])
+}
+
+fn pct(log_ratio: f64) -> String {
+    let p = (log_ratio.exp() - 1.0) * 100.0;
+    if p >= 0.0 {
+        format!("up {p:.0}%")
+    } else {
+        format!("down {:.0}%", -p)
+    }
+}
+
+fn plural(n: f64, one: &str, many: &str) -> String {
+    if (n - 1.0).abs() < 1e-9 {
+        format!("1 {one}")
+    } else {
+        format!("{n:.0} {many}")
+    }
+}
+
+/// One sentence about a feature's value, and which way it pushes the churn risk.
+pub fn reason_text(name: &str, f: &FeatureVector, contribution: f64) -> String {
+    let v = |n: &str| value(f, n);
+    let fact = match name {
+        "recency_days" | "overdue_ratio" | "overdue_z" | "mean_gap_days" => {
+            if v("visits_total") >= 2.0 {
+                format!(
+                    "{:.0} days since the last purchase; usually every {:.0}",
+                    v("recency_days"),
+                    v("mean_gap_days")
+                )
+            } else {
+                format!("{:.0} days since the only purchase day", v("recency_days"))
+            }
+        }
+        "tenure_days" => format!("a customer for {:.0} days", v("tenure_days")),
+        "purchases_total" => plural(
+            v("purchases_total"),
+            "purchase in total",
+            "purchases in total",
+        ),
+        "visits_total" => plural(
+            v("visits_total"),
+            "shopping day in total",
+            "shopping days in total",
+        ),
+        "purchases_90d" => plural(
+            v("purchases_90d"),
+            "purchase in the last 90 days",
+            "purchases in the last 90 days",
+        ),
+        "purchases_365d" => plural(
+            v("purchases_365d"),
+            "purchase in the last year",
+            "purchases in the last year",
+        ),
+        "spend_90d" => format!("{:.2} spent in the last 90 days", v("spend_90d")),
+        "spend_180d" => format!("{:.2} spent in the last 180 days", v("spend_180d")),
+        "spend_365d" => format!("{:.2} spent in the last year", v("spend_365d")),
+        "spend_total" => format!("{:.2} spent in total", v("spend_total")),
+        "avg_basket" => format!("average basket {:.2}", v("avg_basket")),
+        "basket_trend" => format!(
+            "recent baskets {} on the months before",
+            pct(v("basket_trend"))
+        ),
+        "gap_cv" => {
+            if v("gap_cv") < 0.5 {
+                "buys on a regular rhythm".to_string()
+            } else {
+                "buys on an irregular rhythm".to_string()
+            }
+        }
+        "spend_trend" => format!("spending {} on the previous 90 days", pct(v("spend_trend"))),
+        "visit_trend" => format!("visits {} on the previous 90 days", pct(v("visit_trend"))),
+        "seasonality_purchases" => plural(
+            v("seasonality_purchases"),
+            "purchase around this date last year",
+            "purchases around this date last year",
+        ),
+        "points_earned_365d" => format!(
+            "{:.0} points earned in the last year",
+            v("points_earned_365d")
+        ),
+        "points_redeemed_365d" => format!(
+            "{:.0} points redeemed in the last year",
+            v("points_redeemed_365d")
+        ),
+        "redemption_ratio" => format!(
+            "redeems {:.0}% of the points earned",
+            100.0 * v("redemption_ratio")
+        ),
+        "distinct_channels" => plural(v("distinct_channels"), "channel used", "channels used"),
+        other => other.replace('_', " "),
+    };
+    let effect = if contribution > 0.0 {
+        "raises"
+    } else {
+        "lowers"
+    };
+    format!(
+        "{fact} ({effect} churn risk by {:.1} points)",
+        100.0 * contribution.abs()
+    )
+}

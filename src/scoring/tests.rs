@@ -1,0 +1,257 @@
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::features::{DAY, FEATURE_NAMES};
+use crate::forest::{fit_forest, ForestParams, Matrix, TrainingMatrix};
+use crate::model::{
+    ChurnMetrics, ClvMetrics, DataLineage, Hyperparameters, Metrics, SegmentThresholds, SplitInfo,
+    TrainerInfo,
+};
+
+fn churn_metrics() -> ChurnMetrics {
+    ChurnMetrics {
+        rows: 0,
+        churn_rate: 0.0,
+        roc_auc: 0.5,
+        pr_auc: 0.0,
+        brier: 0.0,
+        log_loss: 0.0,
+        top_decile_lift: 1.0,
+        calibration: vec![],
+    }
+}
+
+fn clv_metrics() -> ClvMetrics {
+    ClvMetrics {
+        rows: 0,
+        mean_actual: 0.0,
+        mean_predicted: 0.0,
+        mae: 0.0,
+        rmse: 0.0,
+        spearman: 0.0,
+        normalized_gini: 0.0,
+        top_decile_capture: 0.0,
+    }
+}
+
+/// A small model on random rows where churn rises with recency.
+pub(crate) fn tiny_model() -> Model {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut x = Matrix::new(N_FEATURES);
+    let (mut yc, mut yv) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        let row: Vec<f64> = (0..N_FEATURES)
+            .map(|_| rng.random_range(0.0..200.0))
+            .collect();
+        yc.push(f64::from(u8::from(row[0] > 100.0)));
+        yv.push(row[6] * 2.0);
+        x.push_row(&row);
+    }
+    let tm = TrainingMatrix::new(&x).unwrap();
+    let p = ForestParams {
+        n_trees: 8,
+        ..Default::default()
+    };
+    let churn = fit_forest(&tm, &yc, &p, 1, &|_| {}).unwrap();
+    let clv = fit_forest(&tm, &yv, &p, 1, &|_| {}).unwrap();
+    let segments = SegmentThresholds {
+        churn_high: 0.7,
+        churn_dormant: 0.9,
+        churn_low: 0.3,
+        clv_high: 300.0,
+        clv_median: 200.0,
+        spend_trend_rising: 0.3,
+    };
+    let bundle = ModelBundle {
+        schema: FeatureSchema::current(),
+        horizon_days: 180,
+        churn,
+        clv,
+        segments: segments.clone(),
+    };
+    let manifest = Manifest {
+        format: 1,
+        version: "vtest".into(),
+        created_at: String::new(),
+        trainer: TrainerInfo {
+            version: String::new(),
+            git_commit: None,
+            args: vec![],
+        },
+        data: DataLineage {
+            source: String::new(),
+            sha256: String::new(),
+            rows_read: 0,
+            rows_rejected: 0,
+            rows_duplicate: 0,
+            customers: 0,
+            first_purchase: String::new(),
+            last_purchase: String::new(),
+        },
+        split: SplitInfo {
+            method: String::new(),
+            validation_as_of: String::new(),
+            horizon_days: 180,
+            lookback_days: 365,
+            train_snapshots: vec![],
+            refit_snapshots: vec![],
+            train_rows: 0,
+            validation_rows: 0,
+            refit_rows: 0,
+        },
+        hyperparameters: Hyperparameters {
+            churn: p.clone(),
+            clv: p,
+            selected_by: "flags".into(),
+            grid: vec![],
+        },
+        feature_schema: FeatureSchema::current(),
+        metrics: Metrics {
+            churn: churn_metrics(),
+            churn_baseline: churn_metrics(),
+            clv: clv_metrics(),
+            clv_baseline: clv_metrics(),
+        },
+        beats_baselines: true,
+        forced: false,
+        segments,
+        files: vec![],
+    };
+    Model::new(manifest, bundle).unwrap()
+}
+
+fn names() -> Vec<String> {
+    FEATURE_NAMES.iter().map(|s| s.to_string()).collect()
+}
+
+fn field_of(e: ScoringError) -> String {
+    match e {
+        ScoringError::Invalid { field, .. } => field,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn named_features_in_any_order() {
+    let schema = FeatureSchema::current();
+    let values: Vec<f64> = (0..N_FEATURES).map(|i| i as f64).collect();
+    let f = features_from_named(&schema, &names(), &values).unwrap();
+    assert_eq!(f.to_vec(), values);
+    let mut rev_names = names();
+    rev_names.reverse();
+    let mut rev_values = values.clone();
+    rev_values.reverse();
+    assert_eq!(
+        features_from_named(&schema, &rev_names, &rev_values).unwrap(),
+        f
+    );
+}
+
+#[test]
+fn named_features_errors_name_the_field() {
+    let schema = FeatureSchema::current();
+    let values = vec![1.0; N_FEATURES];
+    let mut n = names();
+    n[4] = "shoe_size".into();
+    assert_eq!(
+        field_of(features_from_named(&schema, &n, &values).unwrap_err()),
+        "features.names[4]"
+    );
+    let mut n = names();
+    n[4] = n[3].clone();
+    let e = features_from_named(&schema, &n, &values).unwrap_err();
+    assert!(e.to_string().contains("given twice"), "{e}");
+    let e = features_from_named(&schema, &names()[1..], &values[1..]).unwrap_err();
+    assert!(
+        e.to_string().contains("missing feature \"recency_days\""),
+        "{e}"
+    );
+    let mut v = values.clone();
+    v[2] = f64::NAN;
+    assert_eq!(
+        field_of(features_from_named(&schema, &names(), &v).unwrap_err()),
+        "features.values[2]"
+    );
+    v[2] = f64::INFINITY;
+    assert_eq!(
+        field_of(features_from_named(&schema, &names(), &v).unwrap_err()),
+        "features.values[2]"
+    );
+    assert_eq!(
+        field_of(features_from_named(&schema, &names(), &values[1..]).unwrap_err()),
+        "features.values"
+    );
+}
+
+#[test]
+fn history_errors_name_the_transaction() {
+    let limits = Limits {
+        max_history: 3,
+        max_batch: 10,
+    };
+    let t = |day: i64, amount: f64| Transaction::new(20_000 * DAY + day * DAY, amount);
+    let as_of = 20_000 * DAY + 100 * DAY;
+    assert!(features_from_history(&[t(1, 5.0), t(3, 9.0)], as_of, &limits).is_ok());
+    assert_eq!(
+        field_of(features_from_history(&[], as_of, &limits).unwrap_err()),
+        "history.transactions"
+    );
+    let long = vec![t(1, 1.0); 4];
+    assert!(features_from_history(&long, as_of, &limits)
+        .unwrap_err()
+        .to_string()
+        .contains("more than the limit of 3"));
+    assert_eq!(
+        field_of(features_from_history(&[t(1, 5.0), t(2, -1.0)], as_of, &limits).unwrap_err()),
+        "history.transactions[1].amount"
+    );
+    assert_eq!(
+        field_of(features_from_history(&[t(1, f64::NAN)], as_of, &limits).unwrap_err()),
+        "history.transactions[0].amount"
+    );
+    assert_eq!(
+        field_of(features_from_history(&[t(1, 5.0), t(100, 1.0)], as_of, &limits).unwrap_err()),
+        "history.transactions[1].time"
+    );
+    let before_1970 = Transaction::new(-DAY, 1.0);
+    assert_eq!(
+        field_of(features_from_history(&[before_1970], as_of, &limits).unwrap_err()),
+        "history.transactions[0].time"
+    );
+}
+
+#[test]
+fn score_uses_both_forests_and_explains() {
+    let m = tiny_model();
+    let mut f = [50.0; N_FEATURES];
+    f[0] = 180.0;
+    let s = score(&m, &f, true);
+    assert_eq!(s.churn, m.bundle.churn.predict_row(&f));
+    assert_eq!(s.clv, m.bundle.clv.predict_row(&f).max(0.0));
+    assert_eq!(s.reasons.len(), 3);
+    assert_eq!(
+        s.reasons[0].feature, "recency_days",
+        "recency drives churn in this model"
+    );
+    assert!(s.reasons[0].churn_contribution > 0.0);
+    assert!(
+        s.reasons[0]
+            .text
+            .contains("180 days since the last purchase; usually every 50"),
+        "{}",
+        s.reasons[0].text
+    );
+    assert!(s.reasons[0].text.contains("raises churn risk"));
+    assert!(score(&m, &f, false).reasons.is_empty());
+}
+
+#[test]
+fn a_model_of_another_schema_is_refused() {
+    let m = tiny_model();
+    let mut bundle = m.bundle.clone();
+    bundle.schema.version += 1;
+    assert!(Model::new(m.manifest.clone(), bundle)
+        .unwrap_err()
+        .contains("feature schema"));
+}
