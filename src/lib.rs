@@ -9,4 +9,5 @@ pub mod model;
 pub mod proto;
 pub mod registry;
 pub mod scoring;
+pub mod server;
 pub mod trainer;

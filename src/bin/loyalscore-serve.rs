@@ -1,1 +1,25 @@
-fn main() {}
+//! `loyalscore-serve`: the gRPC scoring server.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use loyalscore::cli::serve;
+
+fn main() -> ExitCode {
+    let cli = serve::Cli::parse();
+    loyalscore::cli::init_tracing(&cli.config.log, cli.config.log_format == "json");
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve::run(cli.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod progress;
+pub mod serve;
 pub mod train;
 
 /// Logs go to stderr, so stdout stays clean for tables and JSON.

@@ -3,5 +3,6 @@
 mod cli;
 mod moto;
 mod registry;
+mod server;
 mod support;
 mod trainer;

@@ -1,0 +1,164 @@
+//! The model versions a server holds: the active one (following an alias, swapped atomically)
+//! and at most one pinned one. Loading happens off the request path; a version that fails to
+//! load leaves the old one serving.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::metrics::Metrics;
+use crate::registry::Registry;
+use crate::scoring::{Model, ScoringError};
+
+/// The gRPC service names whose health follows the model.
+pub const HEALTH_SERVICES: [&str; 2] = ["", "loyalscore.v1.Scoring"];
+
+pub struct Models {
+    active: ArcSwapOption<Model>,
+    /// The last pinned version asked for, kept so repeated pins do not reload it.
+    pinned: Mutex<Option<Arc<Model>>>,
+    /// The last version that failed to load: not retried until the alias moves.
+    failed: Mutex<Option<String>>,
+    registry: Registry,
+    alias: String,
+    metrics: Arc<Metrics>,
+    health: HealthReporter,
+    pub wake: Notify,
+    /// Serialises refreshes (the poller and an admin Promote may race).
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl Models {
+    pub fn new(
+        registry: Registry,
+        alias: String,
+        metrics: Arc<Metrics>,
+        health: HealthReporter,
+    ) -> Self {
+        Models {
+            active: ArcSwapOption::empty(),
+            pinned: Mutex::new(None),
+            failed: Mutex::new(None),
+            registry,
+            alias,
+            metrics,
+            health,
+            wake: Notify::new(),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// The serving version; each request takes it once and keeps it to the end.
+    pub fn active(&self) -> Option<Arc<Model>> {
+        self.active.load_full()
+    }
+
+    /// The model for a pinned version: the active one, the cached pinned one, or loaded now.
+    pub async fn pinned(&self, version: &str) -> Result<Arc<Model>, ScoringError> {
+        if let Some(m) = self.active().filter(|m| m.version == version) {
+            return Ok(m);
+        }
+        if let Ok(p) = self.pinned.lock() {
+            if let Some(m) = p.as_ref().filter(|m| m.version == version) {
+                return Ok(m.clone());
+            }
+        }
+        let m = Arc::new(self.load(version).await.map_err(|why| {
+            tracing::debug!(%version, %why, "pinned version unavailable");
+            ScoringError::VersionNotFound(version.to_string())
+        })?);
+        if let Ok(mut p) = self.pinned.lock() {
+            *p = Some(m.clone());
+        }
+        Ok(m)
+    }
+
+    async fn load(&self, version: &str) -> Result<Model, String> {
+        let (manifest, bundle) = self
+            .registry
+            .load(version)
+            .await
+            .map_err(|e| e.to_string())?;
+        Model::new(manifest, bundle)
+    }
+
+    /// Reads the alias and, if it moved, loads and verifies the new version, then swaps it
+    /// in. Returns the version serving afterwards.
+    pub async fn refresh(&self) -> Option<String> {
+        let _guard = self.refresh_lock.lock().await;
+        let current = self.active().map(|m| m.version.clone());
+        let target = match self.registry.alias(&self.alias).await {
+            Ok(Some(r)) => r.version,
+            Ok(None) => return current,
+            Err(e) => {
+                tracing::warn!(alias = %self.alias, error = %e, "cannot read the alias; keeping the current version");
+                return current;
+            }
+        };
+        if current.as_deref() == Some(target.as_str()) {
+            return current;
+        }
+        if self.failed.lock().ok().and_then(|f| f.clone()).as_deref() == Some(target.as_str()) {
+            return current;
+        }
+        match self.load(&target).await {
+            Ok(model) => {
+                let model = Arc::new(model);
+                // Warm the forests' pages before the first request meets them.
+                let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], true);
+                self.active.store(Some(model));
+                self.metrics.loads.with_label_values(&["ok"]).inc();
+                if let Some(old) = &current {
+                    let _ = self.metrics.active.remove_label_values(&[old.as_str()]);
+                }
+                self.metrics
+                    .active
+                    .with_label_values(&[target.as_str()])
+                    .set(1);
+                for s in HEALTH_SERVICES {
+                    self.health
+                        .set_service_status(s, ServingStatus::Serving)
+                        .await;
+                }
+                tracing::info!(version = %target, previous = ?current, alias = %self.alias, "now serving");
+                Some(target)
+            }
+            Err(why) => {
+                self.metrics.loads.with_label_values(&["failed"]).inc();
+                tracing::error!(version = %target, %why, "failed to load; the previous version keeps serving");
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = Some(target);
+                }
+                current
+            }
+        }
+    }
+
+    /// Follows the alias until `stop` resolves: every `interval`, and at once when woken.
+    pub async fn follow(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            self.refresh().await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The `Registry` admin service: the CLI's registry operations over gRPC, behind a token.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{alias_move, registry_status, version_info};
+use super::models::Models;
+use crate::proto::v1 as pb;
+use crate::proto::v1::registry_server::Registry;
+use crate::registry::{Expect, Move};
+
+pub struct RegistryService {
+    pub models: Arc<Models>,
+    pub token: String,
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl RegistryService {
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !given.is_empty() && same(given.as_bytes(), self.token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "the Registry service needs `authorization: Bearer <admin token>`",
+            ))
+        }
+    }
+
+    fn alias_or_default(&self, alias: &str) -> String {
+        if alias.is_empty() {
+            self.models.alias().to_string()
+        } else {
+            alias.to_string()
+        }
+    }
+
+    /// After moving the alias the server follows, load the new version before answering.
+    async fn follow_up(&self, alias: &str) {
+        if alias == self.models.alias() {
+            self.models.refresh().await;
+        }
+    }
+}
+
+fn mv(actor: String, reason: String) -> Move {
+    Move {
+        actor: if actor.is_empty() {
+            "grpc-admin".into()
+        } else {
+            actor
+        },
+        reason,
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn list_versions(
+        &self,
+        req: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        self.check(&req)?;
+        let listing = self
+            .models
+            .registry()
+            .list_versions()
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::ListVersionsResponse {
+            versions: listing.versions.iter().map(version_info).collect(),
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        req: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
+        self.check(&req)?;
+        let m = self
+            .models
+            .registry()
+            .manifest(&req.get_ref().version)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(version_info(&m)))
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::AliasMove>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: is empty; say why, for the audit history",
+            ));
+        }
+        let alias = self.alias_or_default(&r.alias);
+        let expect = if r.expect.is_empty() {
+            Expect::Any
+        } else {
+            Expect::parse(&r.expect)
+        };
+        let rec = self
+            .models
+            .registry()
+            .set_alias(&alias, &r.version, &expect, &mv(r.actor, r.reason))
+            .await
+            .map_err(registry_status)?;
+        self.follow_up(&alias).await;
+        Ok(Response::new(alias_move(rec)))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::AliasMove>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        let alias = self.alias_or_default(&r.alias);
+        let reason = if r.reason.is_empty() {
+            "rollback".into()
+        } else {
+            r.reason
+        };
+        let rec = self
+            .models
+            .registry()
+            .rollback_alias(&alias, &mv(r.actor, reason))
+            .await
+            .map_err(registry_status)?;
+        self.follow_up(&alias).await;
+        Ok(Response::new(alias_move(rec)))
+    }
+
+    async fn alias_history(
+        &self,
+        req: Request<pb::AliasHistoryRequest>,
+    ) -> Result<Response<pb::AliasHistoryResponse>, Status> {
+        self.check(&req)?;
+        let alias = self.alias_or_default(&req.get_ref().alias);
+        let h = self
+            .models
+            .registry()
+            .alias_history(&alias)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::AliasHistoryResponse {
+            moves: h.into_iter().map(alias_move).collect(),
+        }))
+    }
+}

@@ -1,0 +1,418 @@
+//! The real server on 127.0.0.1:0 against a real local registry, called by real tonic clients.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loyalscore::features::{FEATURE_NAMES, N_FEATURES};
+use loyalscore::proto::v1 as pb;
+use loyalscore::proto::v1::registry_client::RegistryClient;
+use loyalscore::proto::v1::scoring_client::ScoringClient;
+use loyalscore::registry::{Expect, Move, Registry};
+use loyalscore::server::{serve, Config};
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::support::publish;
+
+pub const TOKEN: &str = "s3cret-admin";
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(registry: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            registry: registry.into(),
+            alias: "production".into(),
+            poll_interval_secs: 1,
+            metrics_listen: "127.0.0.1:0".into(),
+            max_batch: 10_000,
+            max_history: 10_000,
+            max_message_bytes: 64 << 20,
+            drain_secs: 5,
+            log_format: "text".into(),
+            log: "warn".into(),
+            admin_token: Some(TOKEN.into()),
+        };
+        tweak(&mut config);
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, metrics_addr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            serve(config, grpc, Some(metrics), async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            addr,
+            metrics_addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn scoring(&self) -> ScoringClient<Channel> {
+        ScoringClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self, service: &str) -> ServingStatus {
+        let mut h = HealthClient::new(self.channel().await);
+        let r = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        ServingStatus::try_from(r.into_inner().status).unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn admin<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+pub fn features_request(id: &str, values: Vec<f64>) -> pb::ScoreRequest {
+    pb::ScoreRequest {
+        customer_id: id.into(),
+        input: Some(pb::score_request::Input::Features(pb::Features {
+            names: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+            values,
+        })),
+        ..Default::default()
+    }
+}
+
+pub fn typical() -> Vec<f64> {
+    // A regular customer, 63 days since the last purchase, usually every 42.
+    let mut v = vec![1.0; N_FEATURES];
+    let set = |v: &mut Vec<f64>, n: &str, x: f64| {
+        v[FEATURE_NAMES.iter().position(|f| *f == n).unwrap()] = x
+    };
+    set(&mut v, "recency_days", 63.0);
+    set(&mut v, "tenure_days", 700.0);
+    set(&mut v, "purchases_total", 16.0);
+    set(&mut v, "visits_total", 16.0);
+    set(&mut v, "mean_gap_days", 42.0);
+    set(&mut v, "overdue_ratio", 1.5);
+    set(&mut v, "spend_365d", 400.0);
+    v
+}
+
+async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("condition not reached in 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_follows_the_first_promotion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let server = TestServer::start(&path, |_| {}).await;
+    assert_eq!(server.health("").await, ServingStatus::NotServing);
+    assert_eq!(
+        server.health("loyalscore.v1.Scoring").await,
+        ServingStatus::NotServing
+    );
+    let err = server
+        .scoring()
+        .await
+        .score(features_request("c1", typical()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
+    let reg = Registry::open(&path).unwrap();
+    publish(&reg, "v001").await;
+    reg.set_alias(
+        "production",
+        "v001",
+        &Expect::Absent,
+        &Move {
+            actor: "t".into(),
+            reason: "first".into(),
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(async || server.health("loyalscore.v1.Scoring").await == ServingStatus::Serving).await;
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    let r = server
+        .scoring()
+        .await
+        .score(features_request("c1", typical()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_version, "v001");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_under_load_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let reg = Registry::open(&path).unwrap();
+    publish(&reg, "v001").await;
+    publish(&reg, "v002").await;
+    reg.set_alias(
+        "production",
+        "v001",
+        &Expect::Absent,
+        &Move {
+            actor: "t".into(),
+            reason: "first".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // A long poll interval: the swap must come from the admin Promote, at once.
+    let server = TestServer::start(&path, |c| c.poll_interval_secs = 3600).await;
+    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, after_swap_old) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let promoted = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for k in 0..4 {
+        let mut client = server.scoring().await;
+        let (stop, ok, failed, promoted, after_swap_old) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            promoted.clone(),
+            after_swap_old.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let was_promoted = promoted.load(Ordering::SeqCst);
+                let req = if k % 2 == 0 {
+                    features_request(&format!("c{k}"), typical())
+                } else {
+                    features_request(&format!("c{k}"), vec![0.0; N_FEATURES])
+                };
+                match client.score(req).await {
+                    Ok(r) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let v = r.into_inner().model_version;
+                        if was_promoted && v != "v002" {
+                            after_swap_old.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if seen.last() != Some(&v) {
+                            seen.push(v);
+                        }
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut admin_client = RegistryClient::new(server.channel().await);
+    let mv = admin_client
+        .promote(admin(pb::PromoteRequest {
+            version: "v002".into(),
+            expect: "v001".into(),
+            reason: "better".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    promoted.store(true, Ordering::SeqCst);
+    assert_eq!(
+        (mv.version.as_str(), mv.previous.as_str(), mv.seq),
+        ("v002", "v001", 2)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let seen = c.await.unwrap();
+        assert_eq!(
+            seen,
+            vec!["v001".to_string(), "v002".to_string()],
+            "each client moved once, from old to new"
+        );
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "zero failed requests");
+    assert_eq!(
+        after_swap_old.load(Ordering::Relaxed),
+        0,
+        "after Promote returned, only the new version answers"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100, "the clients kept sending");
+    let m = server.metrics().await;
+    assert!(
+        m.contains("loyalscore_requests_total{code=\"OK\",method=\"Score\",version=\"v002\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("loyalscore_active_model{version=\"v002\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("loyalscore_model_loads_total{result=\"ok\"} 2"),
+        "{m}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_version_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let reg = Registry::open(&path).unwrap();
+    publish(&reg, "v001").await;
+    publish(&reg, "v002").await;
+    let who = Move {
+        actor: "t".into(),
+        reason: "x".into(),
+    };
+    reg.set_alias("production", "v001", &Expect::Absent, &who)
+        .await
+        .unwrap();
+    let server = TestServer::start(&path, |_| {}).await;
+    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+    // Promote v002, then corrupt its bundle behind the registry's back.
+    reg.set_alias("production", "v002", &Expect::Any, &who)
+        .await
+        .unwrap();
+    let bundle = dir.path().join("versions/v002/model.bin");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&bundle, bytes).unwrap();
+    wait_for(async || {
+        server
+            .metrics()
+            .await
+            .contains("loyalscore_model_loads_total{result=\"failed\"} 1")
+    })
+    .await;
+    let r = server
+        .scoring()
+        .await
+        .score(features_request("c1", typical()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_version, "v001");
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let reg = Registry::open(&path).unwrap();
+    publish(&reg, "v001").await;
+    let server = TestServer::start(&path, |_| {}).await;
+    let mut c = RegistryClient::new(server.channel().await);
+    let err = c
+        .list_versions(pb::ListVersionsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(pb::ListVersionsRequest {});
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        c.list_versions(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let list = c
+        .list_versions(admin(pb::ListVersionsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.versions.len(), 1);
+    let err = c
+        .promote(admin(pb::PromoteRequest {
+            version: "v404".into(),
+            reason: "x".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await;
+
+    // Without a configured token the admin service does not exist.
+    let server = TestServer::start(&path, |c| c.admin_token = None).await;
+    let mut c = RegistryClient::new(server.channel().await);
+    assert_eq!(
+        c.list_versions(admin(pb::ListVersionsRequest {}))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+    server.stop().await;
+}
