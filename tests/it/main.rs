@@ -4,5 +4,6 @@ mod cli;
 mod moto;
 mod registry;
 mod server;
+mod skew;
 mod support;
 mod trainer;

@@ -1,0 +1,81 @@
+//! Training/serving skew: for generated customers, the feature rows the trainer builds equal
+//! what the server computes from the same history at the same as_of, bit for bit, and so do
+//! the scores.
+
+use std::collections::HashMap;
+
+use loyalscore::features::{channel_id, DAY};
+use loyalscore::proto::v1 as pb;
+use loyalscore::registry::{Expect, Move, Registry};
+use loyalscore::trainer::dataset::build_rows;
+use loyalscore::trainer::{load_transactions, LoadOptions, Silent};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::server::TestServer;
+use crate::support::{publish, sample};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trainer_and_server_compute_the_same_features_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, _) = sample(dir.path(), 400, 700, 17);
+    let log = load_transactions(std::fs::File::open(&csv).unwrap(), "s", &LoadOptions::default(), |_| {}).unwrap();
+    let as_of = (log.quality.last_ts.div_euclid(DAY) - 100) * DAY;
+    let rows = build_rows(&log, &[as_of], 180 * DAY, 365 * DAY, &|_| true, &Silent).unwrap();
+    assert!(rows.len() > 200);
+
+    let path = dir.path().join("registry");
+    let reg = Registry::open(path.to_str().unwrap()).unwrap();
+    publish(&reg, "v001").await;
+    reg.set_alias("production", "v001", &Expect::Absent, &Move { actor: "t".into(), reason: "x".into() }).await.unwrap();
+    let (_, bundle) = reg.load("v001").await.unwrap();
+    let server = TestServer::start(path.to_str().unwrap(), |_| {}).await;
+    for _ in 0..100 {
+        if server.health("").await == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let names: HashMap<u32, &str> = ["store", "web", "app"].into_iter().map(|n| (channel_id(n), n)).collect();
+    let items: Vec<pb::ScoreRequest> = (0..rows.len())
+        .map(|i| {
+            let c = rows.cust[i] as usize;
+            let txs = log
+                .customer(c)
+                .iter()
+                .filter(|r| r.ts < as_of)
+                .map(|r| pb::Transaction {
+                    time: Some(prost_types::Timestamp { seconds: r.ts, nanos: 0 }),
+                    amount: r.amount,
+                    points_earned: r.points_earned,
+                    points_redeemed: r.points_redeemed,
+                    channel: names[&r.channel].to_string(),
+                })
+                .collect();
+            pb::ScoreRequest {
+                customer_id: log.ids[c].clone(),
+                input: Some(pb::score_request::Input::History(pb::History { transactions: txs })),
+                as_of: Some(prost_types::Timestamp { seconds: as_of, nanos: 0 }),
+                explain: true,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let churn = bundle.churn.predict(&rows.x);
+    let clv = bundle.clv.predict(&rows.x);
+    let r = server.scoring().await.batch_score(pb::BatchScoreRequest { items, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), rows.len());
+    for (i, item) in r.results.iter().enumerate() {
+        let Some(pb::batch_item::Result::Score(s)) = &item.result else {
+            panic!("row {i} failed: {:?}", item.result);
+        };
+        let served = &s.features.as_ref().unwrap().values;
+        let trained = rows.x.row(i);
+        for (j, (a, b)) in served.iter().zip(trained).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "row {i} feature {j}: served {a}, trained {b}");
+        }
+        assert_eq!(s.churn_probability.to_bits(), churn[i].to_bits(), "row {i} churn");
+        assert_eq!(s.clv.to_bits(), clv[i].max(0.0).to_bits(), "row {i} clv");
+    }
+    server.stop().await;
+}
