@@ -41,6 +41,10 @@ pub enum Cmd {
     /// Aliases such as production and staging.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Score one customer with a running server.
+    Score(super::client::ScoreArgs),
+    /// Sample data, a trained version promoted to production, and a server on 127.0.0.1:50051.
+    Quickstart(super::train::QuickstartArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,12 +114,19 @@ fn mv(who: Who, default_reason: &str) -> Move {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Cmd::Score(a) = cli.cmd {
+        return rt.block_on(super::client::score(a, cli.json));
+    }
+    if let Cmd::Quickstart(a) = cli.cmd {
+        return super::train::run_quickstart(a, &rt);
+    }
     let reg = Registry::open(&cli.registry)?;
     rt.block_on(async {
         match cli.cmd {
+            Cmd::Score(_) | Cmd::Quickstart(_) => unreachable!("handled above"),
             Cmd::Models(ModelsCmd::List) => models_list(&reg, cli.json).await,
             Cmd::Models(ModelsCmd::Show { version }) => {
                 let m = reg.manifest(&version).await?;

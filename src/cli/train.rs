@@ -37,8 +37,31 @@ pub enum Cmd {
     Generate(GenerateArgs),
     /// Train both forests, evaluate them against baselines, publish a version.
     Fit(FitArgs),
-    /// Generate the sample data (unless present) and train on it into the registry.
-    Quickstart(QuickstartArgs),
+    /// Score every customer of a log at a date with a published version (CSV out).
+    Score(OfflineScoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OfflineScoreArgs {
+    /// Transaction CSV: a path or an object-store URL.
+    #[arg(long)]
+    pub transactions: String,
+    /// Score as of: YYYY-MM-DD (end of that day) or RFC 3339.
+    #[arg(long)]
+    pub as_of: String,
+    #[arg(long, env = "LOYALSCORE_REGISTRY", default_value = "models")]
+    pub registry: String,
+    /// Use the version this alias points at ...
+    #[arg(long, default_value = "production")]
+    pub alias: String,
+    /// ... or this version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Output CSV: customer_id, churn_probability, clv, segment, version.
+    #[arg(long, default_value = "scores.csv")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0.01)]
+    pub max_bad_share: f64,
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +73,12 @@ pub struct QuickstartArgs {
     pub customers: usize,
     #[arg(long, env = "LOYALSCORE_REGISTRY", default_value = "models")]
     pub registry: String,
+    /// Where the server listens.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Stop after promoting (do not start the server).
+    #[arg(long)]
+    pub no_serve: bool,
 }
 
 #[derive(Args, Debug)]
@@ -69,7 +98,7 @@ pub struct GenerateArgs {
     pub days: u32,
 }
 
-#[derive(Args, Debug)]
+#[derive(Parser, Debug)]
 pub struct FitArgs {
     /// Transaction CSV: a path, or an object-store URL (s3://, gs://, az://, file://).
     #[arg(long)]
@@ -144,12 +173,14 @@ fn parse_depth(s: &str) -> Result<Depth, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate(a) => run_generate(a),
-        Cmd::Fit(a) => run_fit(a),
-        Cmd::Quickstart(a) => run_quickstart(a),
+        Cmd::Fit(a) => run_fit(a).map(|_| ()),
+        Cmd::Score(a) => run_offline_score(a),
     }
 }
 
-fn run_quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
+/// The embedded default end to end: sample data (generated unless present), a trained
+/// version promoted to production in the registry, and a server until Ctrl-C.
+pub fn run_quickstart(a: QuickstartArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if a.data.exists() {
         println!("using existing sample data {}", a.data.display());
     } else {
@@ -162,18 +193,132 @@ fn run_quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         })?;
     }
     let data = a.data.to_string_lossy().to_string();
-    let fit = Cli::try_parse_from([
-        "loyalscore-train",
-        "fit",
-        "--transactions",
-        &data,
+    let fit = FitArgs::try_parse_from(["fit", "--transactions", &data, "--registry", &a.registry])?;
+    let version = run_fit(fit)?.context("the quickstart publishes a version")?;
+    let registry = Registry::open(&a.registry)?;
+    let mv = crate::registry::Move {
+        actor: std::env::var("USER").unwrap_or_else(|_| "quickstart".into()),
+        reason: "quickstart".into(),
+    };
+    match rt.block_on(registry.set_alias(
+        "production",
+        &version,
+        &crate::registry::Expect::Any,
+        &mv,
+    )) {
+        Ok(r) => println!("production -> {} (move {})", r.version, r.seq),
+        Err(e) => return Err(e.into()),
+    }
+    let example = a.data.with_file_name("example-request.json");
+    write_example(&a.data, &example)?;
+    if a.no_serve {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "serving on {} (Ctrl-C to stop). In another terminal:",
+        a.listen
+    );
+    println!();
+    println!(
+        "  cargo run --release -- score --file {} --explain",
+        example.display()
+    );
+    println!();
+    let config = super::serve::Cli::try_parse_from([
+        "serve",
+        "--listen",
+        &a.listen,
         "--registry",
         &a.registry,
-    ])?;
-    match fit.cmd {
-        Cmd::Fit(f) => run_fit(f),
-        _ => unreachable!("parsed a fit command"),
+        "--metrics-listen",
+        "off",
+        "--log",
+        "warn",
+    ])?
+    .config;
+    rt.block_on(super::serve::run(config))
+}
+
+/// A ready-to-send request: the history of the busiest of the first sample customers, as of
+/// the end of the sample data.
+fn write_example(data: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut rdr =
+        csv::Reader::from_path(data).with_context(|| format!("reading {}", data.display()))?;
+    let mut by: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    let mut last = String::new();
+    for rec in rdr.records() {
+        let rec = rec?;
+        let (id, time) = (rec.get(0).unwrap_or(""), rec.get(1).unwrap_or(""));
+        if id.as_bytes() < b"C0000011".as_slice() {
+            by.entry(id.to_string()).or_default().push(serde_json::json!({
+                "time": time,
+                "amount": rec.get(2).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0),
+                "points_earned": rec.get(3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0),
+                "points_redeemed": rec.get(4).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0),
+                "channel": rec.get(5).unwrap_or(""),
+            }));
+        }
+        if time > last.as_str() {
+            last = time.to_string();
+        }
     }
+    let (id, history) = by
+        .into_iter()
+        .max_by_key(|(_, h)| h.len())
+        .context("the sample data has no customer C0000001..C0000010")?;
+    let as_of = last.get(..10).unwrap_or("2026-01-01").to_string();
+    let req = serde_json::json!({ "customer_id": id, "as_of": as_of, "history": history });
+    std::fs::write(out, serde_json::to_string_pretty(&req)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn run_offline_score(a: OfflineScoreArgs) -> anyhow::Result<()> {
+    let as_of = parse_as_of(&a.as_of).with_context(|| {
+        format!(
+            "--as-of {:?} is neither YYYY-MM-DD nor an RFC 3339 timestamp",
+            a.as_of
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let registry = Registry::open(&a.registry)?;
+    let version = match &a.version {
+        Some(v) => v.clone(),
+        None => {
+            rt.block_on(registry.alias(&a.alias))?
+                .with_context(|| format!("alias {} does not exist; pass --version", a.alias))?
+                .version
+        }
+    };
+    let (manifest, bundle) = rt.block_on(registry.load(&version))?;
+    let model = crate::scoring::Model::new(manifest, bundle).map_err(anyhow::Error::msg)?;
+    let (reader, len) = open_transactions(&a.transactions, &rt)?;
+    let pb = bar("reading transactions", len, true);
+    let pb2 = pb.clone();
+    let log = trainer::load_transactions(
+        reader,
+        &a.transactions,
+        &LoadOptions {
+            max_bad_share: a.max_bad_share,
+        },
+        move |b| pb2.set_position(b),
+    )?;
+    pb.finish_and_clear();
+    let file = File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut w = BufWriter::new(file);
+    let counts = crate::trainer::batch::score_log(&log, &model, as_of, &mut w)?;
+    w.flush()?;
+    println!(
+        "scored {} customers with {} into {} ({} without a purchase before --as-of skipped)",
+        counts.scored,
+        version,
+        a.out.display(),
+        counts.skipped
+    );
+    Ok(())
 }
 
 fn truth_path(out: &Path) -> PathBuf {
@@ -248,7 +393,8 @@ fn open_transactions(
     }
 }
 
-fn run_fit(a: FitArgs) -> anyhow::Result<()> {
+/// Trains and, unless a dry run, publishes; returns the published version.
+pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
     let as_of = match &a.as_of {
         Some(s) => Some(parse_as_of(s).with_context(|| {
             format!("--as-of {s:?} is neither YYYY-MM-DD nor an RFC 3339 timestamp")
@@ -324,7 +470,7 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
             "dry run: nothing published (version would be {})",
             trained.manifest.version
         );
-        return Ok(());
+        return Ok(None);
     }
     let files = [(BUNDLE_FILE, Bytes::from(trained.bundle_bytes))];
     rt.block_on(registry.publish(&trained.manifest, &files))?;
@@ -333,5 +479,5 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
         trained.manifest.version,
         registry.url()
     );
-    Ok(())
+    Ok(Some(trained.manifest.version))
 }

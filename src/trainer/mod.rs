@@ -2,6 +2,7 @@
 //! fit and evaluate both forests, and produce a version to publish. Also the sample-data
 //! generator. Used by the `loyalscore-train` binary; no gRPC here.
 
+pub mod batch;
 pub mod dataset;
 pub mod eval;
 pub mod fit;

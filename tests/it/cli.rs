@@ -201,3 +201,116 @@ fn train_and_promote_on_s3_by_url() {
     ]));
     assert!(ok(&admin(&["alias", "list"])).contains(&version));
 }
+
+/// The quickstart's pieces (without the blocking server), then the printed example sent to a
+/// real server with the `score` client, then the same log scored offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quickstart_score_client_and_offline_scoring() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/sample.csv");
+    let reg = dir.path().join("models");
+    let bin = env!("CARGO_BIN_EXE_loyalscore");
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "quickstart",
+            "--no-serve",
+            "--customers",
+            "1500",
+            "--data",
+            data.to_str().unwrap(),
+            "--registry",
+            reg.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = ok(&out);
+    assert!(stdout.contains("production -> v"), "{stdout}");
+    let example = dir.path().join("data/example-request.json");
+    assert!(example.exists());
+
+    let server = crate::server::TestServer::start(reg.to_str().unwrap(), |_| {}).await;
+    for _ in 0..100 {
+        if server.health("").await
+            == tonic_health::pb::health_check_response::ServingStatus::Serving
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let addr = format!("http://{}", server.addr);
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "--json",
+            "score",
+            "--server",
+            &addr,
+            "--file",
+            example.to_str().unwrap(),
+            "--explain",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let p = v["churn_probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{v}");
+    assert_eq!(v["reasons"].as_array().unwrap().len(), 3, "{v}");
+    assert!(v["model_version"].as_str().unwrap().starts_with('v'));
+
+    // Flags form, with a wrong feature: a clear error from the server, non-zero exit.
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "score",
+            "--server",
+            &addr,
+            "--customer-id",
+            "x",
+            "--feature",
+            "shoe_size=3",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("InvalidArgument")
+            && text(&out.stderr).contains("unknown feature"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.stop().await;
+
+    // Offline batch scoring of the same log with the production version.
+    let scores = dir.path().join("scores.csv");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loyalscore-train"))
+        .args([
+            "score",
+            "--transactions",
+            data.to_str().unwrap(),
+            "--as-of",
+            "2025-06-30",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--out",
+            scores.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let msg = ok(&out);
+    let csv = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("customer_id,churn_probability,clv,segment,version")
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() > 1000, "{msg}");
+    assert!(
+        msg.contains(&format!("scored {} customers", rows.len())),
+        "{msg}"
+    );
+    let version = v["model_version"].as_str().unwrap();
+    assert!(rows.iter().all(|r| r.ends_with(version)));
+}

@@ -420,14 +420,23 @@ async fn admin_needs_the_token() {
 fn history_request(id: &str, txs: Vec<pb::Transaction>, as_of: i64) -> pb::ScoreRequest {
     pb::ScoreRequest {
         customer_id: id.into(),
-        input: Some(pb::score_request::Input::History(pb::History { transactions: txs })),
-        as_of: Some(prost_types::Timestamp { seconds: as_of, nanos: 0 }),
+        input: Some(pb::score_request::Input::History(pb::History {
+            transactions: txs,
+        })),
+        as_of: Some(prost_types::Timestamp {
+            seconds: as_of,
+            nanos: 0,
+        }),
         ..Default::default()
     }
 }
 
 fn tx(seconds: i64, amount: f64) -> pb::Transaction {
-    pb::Transaction { time: Some(prost_types::Timestamp { seconds, nanos: 0 }), amount, ..Default::default() }
+    pb::Transaction {
+        time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        amount,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -436,7 +445,17 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let path = dir.path().to_str().unwrap().to_string();
     let reg = Registry::open(&path).unwrap();
     publish(&reg, "v001").await;
-    reg.set_alias("production", "v001", &Expect::Absent, &Move { actor: "t".into(), reason: "x".into() }).await.unwrap();
+    reg.set_alias(
+        "production",
+        "v001",
+        &Expect::Absent,
+        &Move {
+            actor: "t".into(),
+            reason: "x".into(),
+        },
+    )
+    .await
+    .unwrap();
     let server = TestServer::start(&path, |c| {
         c.max_batch = 5;
         c.max_history = 4;
@@ -461,56 +480,193 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let mut inf = typical();
     inf[0] = f64::INFINITY;
     let cases: Vec<(&str, pb::ScoreRequest, Code, &str)> = vec![
-        ("unknown feature", unknown, Code::InvalidArgument, "features.names[2]"),
-        ("missing feature", missing, Code::InvalidArgument, "missing feature \"distinct_channels\""),
-        ("NaN", features_request("c", nan), Code::InvalidArgument, "features.values[3]"),
-        ("infinite", features_request("c", inf), Code::InvalidArgument, "features.values[0]"),
-        ("empty id", features_request("", typical()), Code::InvalidArgument, "customer_id"),
-        ("no input", pb::ScoreRequest { customer_id: "c".into(), ..Default::default() }, Code::InvalidArgument, "input"),
-        ("after as_of", history_request("c", vec![tx(as_of - day, 5.0), tx(as_of + day, 5.0)], as_of), Code::InvalidArgument, "history.transactions[1].time"),
-        ("before 1970", history_request("c", vec![tx(-day, 5.0)], as_of), Code::InvalidArgument, "history.transactions[0].time: is before 1970"),
-        ("negative amount", history_request("c", vec![tx(as_of - day, -5.0)], as_of), Code::InvalidArgument, "history.transactions[0].amount"),
-        ("NaN amount", history_request("c", vec![tx(as_of - day, f64::NAN)], as_of), Code::InvalidArgument, "history.transactions[0].amount"),
-        ("missing time", history_request("c", vec![pb::Transaction { amount: 3.0, ..Default::default() }], as_of), Code::InvalidArgument, "history.transactions[0].time: is missing"),
-        ("empty history", history_request("c", vec![], as_of), Code::InvalidArgument, "history.transactions: is empty"),
-        ("oversize history", history_request("c", (1..=5).map(|i| tx(as_of - i * day, 1.0)).collect(), as_of), Code::InvalidArgument, "more than the limit of 4"),
-        ("as_of before 1970", history_request("c", vec![tx(day, 1.0)], -5), Code::InvalidArgument, "as_of"),
-        ("unknown pinned version", pb::ScoreRequest { version: "v404".into(), ..features_request("c", typical()) }, Code::NotFound, "version v404"),
+        (
+            "unknown feature",
+            unknown,
+            Code::InvalidArgument,
+            "features.names[2]",
+        ),
+        (
+            "missing feature",
+            missing,
+            Code::InvalidArgument,
+            "missing feature \"distinct_channels\"",
+        ),
+        (
+            "NaN",
+            features_request("c", nan),
+            Code::InvalidArgument,
+            "features.values[3]",
+        ),
+        (
+            "infinite",
+            features_request("c", inf),
+            Code::InvalidArgument,
+            "features.values[0]",
+        ),
+        (
+            "empty id",
+            features_request("", typical()),
+            Code::InvalidArgument,
+            "customer_id",
+        ),
+        (
+            "no input",
+            pb::ScoreRequest {
+                customer_id: "c".into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "input",
+        ),
+        (
+            "after as_of",
+            history_request("c", vec![tx(as_of - day, 5.0), tx(as_of + day, 5.0)], as_of),
+            Code::InvalidArgument,
+            "history.transactions[1].time",
+        ),
+        (
+            "before 1970",
+            history_request("c", vec![tx(-day, 5.0)], as_of),
+            Code::InvalidArgument,
+            "history.transactions[0].time: is before 1970",
+        ),
+        (
+            "negative amount",
+            history_request("c", vec![tx(as_of - day, -5.0)], as_of),
+            Code::InvalidArgument,
+            "history.transactions[0].amount",
+        ),
+        (
+            "NaN amount",
+            history_request("c", vec![tx(as_of - day, f64::NAN)], as_of),
+            Code::InvalidArgument,
+            "history.transactions[0].amount",
+        ),
+        (
+            "missing time",
+            history_request(
+                "c",
+                vec![pb::Transaction {
+                    amount: 3.0,
+                    ..Default::default()
+                }],
+                as_of,
+            ),
+            Code::InvalidArgument,
+            "history.transactions[0].time: is missing",
+        ),
+        (
+            "empty history",
+            history_request("c", vec![], as_of),
+            Code::InvalidArgument,
+            "history.transactions: is empty",
+        ),
+        (
+            "oversize history",
+            history_request(
+                "c",
+                (1..=5).map(|i| tx(as_of - i * day, 1.0)).collect(),
+                as_of,
+            ),
+            Code::InvalidArgument,
+            "more than the limit of 4",
+        ),
+        (
+            "as_of before 1970",
+            history_request("c", vec![tx(day, 1.0)], -5),
+            Code::InvalidArgument,
+            "as_of",
+        ),
+        (
+            "unknown pinned version",
+            pb::ScoreRequest {
+                version: "v404".into(),
+                ..features_request("c", typical())
+            },
+            Code::NotFound,
+            "version v404",
+        ),
     ];
     for (name, req, code, needle) in cases {
         let err = c.score(req).await.unwrap_err();
         assert_eq!(err.code(), code, "{name}: {}", err.message());
-        assert!(err.message().contains(needle), "{name}: {:?} should contain {needle:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{name}: {:?} should contain {needle:?}",
+            err.message()
+        );
         // The server keeps serving.
         c.score(features_request("ok", typical())).await.unwrap();
     }
 
     // Oversize batch: the whole call is refused, naming the limit.
-    let big = pb::BatchScoreRequest { items: (0..6).map(|i| features_request(&format!("c{i}"), typical())).collect(), ..Default::default() };
+    let big = pb::BatchScoreRequest {
+        items: (0..6)
+            .map(|i| features_request(&format!("c{i}"), typical()))
+            .collect(),
+        ..Default::default()
+    };
     let err = c.batch_score(big).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("more than the limit of 5"), "{}", err.message());
+    assert!(
+        err.message().contains("more than the limit of 5"),
+        "{}",
+        err.message()
+    );
 
     // A bad item gets its own error with its index; the others are scored.
     let mut bad = typical();
     bad[1] = f64::NAN;
     let items = vec![
-        pb::ScoreRequest { customer_id: "a".into(), input: Some(pb::score_request::Input::Features(pb::Features { names: vec![], values: typical() })), ..Default::default() },
-        pb::ScoreRequest { customer_id: "b".into(), input: Some(pb::score_request::Input::Features(pb::Features { names: vec![], values: bad })), ..Default::default() },
-        history_request("c", vec![tx(as_of - 10 * day, 30.0), tx(as_of - 3 * day, 20.0)], as_of),
+        pb::ScoreRequest {
+            customer_id: "a".into(),
+            input: Some(pb::score_request::Input::Features(pb::Features {
+                names: vec![],
+                values: typical(),
+            })),
+            ..Default::default()
+        },
+        pb::ScoreRequest {
+            customer_id: "b".into(),
+            input: Some(pb::score_request::Input::Features(pb::Features {
+                names: vec![],
+                values: bad,
+            })),
+            ..Default::default()
+        },
+        history_request(
+            "c",
+            vec![tx(as_of - 10 * day, 30.0), tx(as_of - 3 * day, 20.0)],
+            as_of,
+        ),
     ];
     let names = FEATURE_NAMES.iter().map(|s| s.to_string()).collect();
-    let r = c.batch_score(pb::BatchScoreRequest { items, feature_names: names }).await.unwrap().into_inner();
+    let r = c
+        .batch_score(pb::BatchScoreRequest {
+            items,
+            feature_names: names,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.results.len(), 3);
-    assert!(matches!(&r.results[0].result, Some(pb::batch_item::Result::Score(s)) if s.customer_id == "a" && s.model_version == "v001"));
+    assert!(
+        matches!(&r.results[0].result, Some(pb::batch_item::Result::Score(s)) if s.customer_id == "a" && s.model_version == "v001")
+    );
     match &r.results[1].result {
         Some(pb::batch_item::Result::Error(e)) => {
             assert_eq!(r.results[1].index, 1);
-            assert_eq!((e.code.as_str(), e.field.as_str()), ("INVALID_ARGUMENT", "features.values[1]"));
+            assert_eq!(
+                (e.code.as_str(), e.field.as_str()),
+                ("INVALID_ARGUMENT", "features.values[1]")
+            );
         }
         other => panic!("item 1 should fail: {other:?}"),
     }
-    assert!(matches!(&r.results[2].result, Some(pb::batch_item::Result::Score(s)) if s.customer_id == "c"));
+    assert!(
+        matches!(&r.results[2].result, Some(pb::batch_item::Result::Score(s)) if s.customer_id == "c")
+    );
     server.stop().await;
 }
 
@@ -520,21 +676,51 @@ async fn explain_gives_three_readable_reasons() {
     let path = dir.path().to_str().unwrap().to_string();
     let reg = Registry::open(&path).unwrap();
     publish(&reg, "v001").await;
-    reg.set_alias("production", "v001", &Expect::Absent, &Move { actor: "t".into(), reason: "x".into() }).await.unwrap();
+    reg.set_alias(
+        "production",
+        "v001",
+        &Expect::Absent,
+        &Move {
+            actor: "t".into(),
+            reason: "x".into(),
+        },
+    )
+    .await
+    .unwrap();
     let server = TestServer::start(&path, |_| {}).await;
     wait_for(async || server.health("").await == ServingStatus::Serving).await;
     let mut req = features_request("c", typical());
     req.explain = true;
-    let r = server.scoring().await.score(req).await.unwrap().into_inner();
+    let r = server
+        .scoring()
+        .await
+        .score(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.reasons.len(), 3);
     for reason in &r.reasons {
         assert!(reason.text.contains("churn risk"), "{}", reason.text);
         assert!(FEATURE_NAMES.contains(&reason.feature.as_str()));
     }
     assert!((0.0..=1.0).contains(&r.churn_probability));
-    assert!(["at_risk_valuable", "dormant", "lapsing", "rising", "loyal", "steady"].contains(&r.segment.as_str()));
+    assert!([
+        "at_risk_valuable",
+        "dormant",
+        "lapsing",
+        "rising",
+        "loyal",
+        "steady"
+    ]
+    .contains(&r.segment.as_str()));
     assert_eq!(r.features.unwrap().values, typical());
-    let plain = server.scoring().await.score(features_request("c", typical())).await.unwrap().into_inner();
+    let plain = server
+        .scoring()
+        .await
+        .score(features_request("c", typical()))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(plain.reasons.is_empty() && plain.features.is_none());
     assert_eq!(plain.churn_probability, r.churn_probability);
     server.stop().await;

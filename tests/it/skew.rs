@@ -18,7 +18,13 @@ use crate::support::{publish, sample};
 async fn trainer_and_server_compute_the_same_features_and_scores() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, _) = sample(dir.path(), 400, 700, 17);
-    let log = load_transactions(std::fs::File::open(&csv).unwrap(), "s", &LoadOptions::default(), |_| {}).unwrap();
+    let log = load_transactions(
+        std::fs::File::open(&csv).unwrap(),
+        "s",
+        &LoadOptions::default(),
+        |_| {},
+    )
+    .unwrap();
     let as_of = (log.quality.last_ts.div_euclid(DAY) - 100) * DAY;
     let rows = build_rows(&log, &[as_of], 180 * DAY, 365 * DAY, &|_| true, &Silent).unwrap();
     assert!(rows.len() > 200);
@@ -26,7 +32,17 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
     let path = dir.path().join("registry");
     let reg = Registry::open(path.to_str().unwrap()).unwrap();
     publish(&reg, "v001").await;
-    reg.set_alias("production", "v001", &Expect::Absent, &Move { actor: "t".into(), reason: "x".into() }).await.unwrap();
+    reg.set_alias(
+        "production",
+        "v001",
+        &Expect::Absent,
+        &Move {
+            actor: "t".into(),
+            reason: "x".into(),
+        },
+    )
+    .await
+    .unwrap();
     let (_, bundle) = reg.load("v001").await.unwrap();
     let server = TestServer::start(path.to_str().unwrap(), |_| {}).await;
     for _ in 0..100 {
@@ -36,7 +52,10 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
-    let names: HashMap<u32, &str> = ["store", "web", "app"].into_iter().map(|n| (channel_id(n), n)).collect();
+    let names: HashMap<u32, &str> = ["store", "web", "app"]
+        .into_iter()
+        .map(|n| (channel_id(n), n))
+        .collect();
     let items: Vec<pb::ScoreRequest> = (0..rows.len())
         .map(|i| {
             let c = rows.cust[i] as usize;
@@ -45,7 +64,10 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
                 .iter()
                 .filter(|r| r.ts < as_of)
                 .map(|r| pb::Transaction {
-                    time: Some(prost_types::Timestamp { seconds: r.ts, nanos: 0 }),
+                    time: Some(prost_types::Timestamp {
+                        seconds: r.ts,
+                        nanos: 0,
+                    }),
                     amount: r.amount,
                     points_earned: r.points_earned,
                     points_redeemed: r.points_redeemed,
@@ -54,8 +76,13 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
                 .collect();
             pb::ScoreRequest {
                 customer_id: log.ids[c].clone(),
-                input: Some(pb::score_request::Input::History(pb::History { transactions: txs })),
-                as_of: Some(prost_types::Timestamp { seconds: as_of, nanos: 0 }),
+                input: Some(pb::score_request::Input::History(pb::History {
+                    transactions: txs,
+                })),
+                as_of: Some(prost_types::Timestamp {
+                    seconds: as_of,
+                    nanos: 0,
+                }),
                 explain: true,
                 ..Default::default()
             }
@@ -63,7 +90,16 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
         .collect();
     let churn = bundle.churn.predict(&rows.x);
     let clv = bundle.clv.predict(&rows.x);
-    let r = server.scoring().await.batch_score(pb::BatchScoreRequest { items, ..Default::default() }).await.unwrap().into_inner();
+    let r = server
+        .scoring()
+        .await
+        .batch_score(pb::BatchScoreRequest {
+            items,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.results.len(), rows.len());
     for (i, item) in r.results.iter().enumerate() {
         let Some(pb::batch_item::Result::Score(s)) = &item.result else {
@@ -72,9 +108,17 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
         let served = &s.features.as_ref().unwrap().values;
         let trained = rows.x.row(i);
         for (j, (a, b)) in served.iter().zip(trained).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "row {i} feature {j}: served {a}, trained {b}");
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "row {i} feature {j}: served {a}, trained {b}"
+            );
         }
-        assert_eq!(s.churn_probability.to_bits(), churn[i].to_bits(), "row {i} churn");
+        assert_eq!(
+            s.churn_probability.to_bits(),
+            churn[i].to_bits(),
+            "row {i} churn"
+        );
         assert_eq!(s.clv.to_bits(), clv[i].max(0.0).to_bits(), "row {i} clv");
     }
     server.stop().await;
