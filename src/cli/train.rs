@@ -295,18 +295,7 @@ fn run_offline_score(a: OfflineScoreArgs) -> anyhow::Result<()> {
     };
     let (manifest, bundle) = rt.block_on(registry.load(&version))?;
     let model = crate::scoring::Model::new(manifest, bundle).map_err(anyhow::Error::msg)?;
-    let (reader, len) = open_transactions(&a.transactions, &rt)?;
-    let pb = bar("reading transactions", len, true);
-    let pb2 = pb.clone();
-    let log = trainer::load_transactions(
-        reader,
-        &a.transactions,
-        &LoadOptions {
-            max_bad_share: a.max_bad_share,
-        },
-        move |b| pb2.set_position(b),
-    )?;
-    pb.finish_and_clear();
+    let log = load_log(&a.transactions, a.max_bad_share, &rt)?;
     let file = File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = BufWriter::new(file);
     let counts = crate::trainer::batch::score_log(&log, &model, as_of, &mut w)?;
@@ -363,6 +352,22 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a transaction log from a path or URL, with a progress bar.
+fn load_log(
+    src: &str,
+    max_bad_share: f64,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<trainer::TransactionLog> {
+    let (reader, len) = open_transactions(src, rt)?;
+    let pb = bar("reading transactions", len, true);
+    let pb2 = pb.clone();
+    let log = trainer::load_transactions(reader, src, &LoadOptions { max_bad_share }, move |b| {
+        pb2.set_position(b)
+    })?;
+    pb.finish_and_clear();
+    Ok(log)
+}
+
 /// Opens the transactions: a local file streams; an object-store URL is fetched whole.
 fn open_transactions(
     src: &str,
@@ -413,18 +418,7 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
     // Open the registry first: a bad URL should fail before minutes of training.
     let registry = Registry::open(&a.registry)?;
 
-    let (reader, len) = open_transactions(&a.transactions, &rt)?;
-    let pb = bar("reading transactions", len, true);
-    let pb2 = pb.clone();
-    let log = trainer::load_transactions(
-        reader,
-        &a.transactions,
-        &LoadOptions {
-            max_bad_share: a.max_bad_share,
-        },
-        move |b| pb2.set_position(b),
-    )?;
-    pb.finish_and_clear();
+    let log = load_log(&a.transactions, a.max_bad_share, &rt)?;
     print!("{}", report::data_quality(&log.quality));
 
     let opts = FitOptions {

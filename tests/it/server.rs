@@ -151,6 +151,29 @@ pub fn typical() -> Vec<f64> {
     v
 }
 
+/// A registry at `path` with `v001` published and in production.
+pub async fn production_v001(path: &str) -> Registry {
+    let reg = Registry::open(path).unwrap();
+    publish(&reg, "v001").await;
+    reg.set_alias(
+        "production",
+        "v001",
+        &Expect::Absent,
+        &Move {
+            actor: "t".into(),
+            reason: "x".into(),
+        },
+    )
+    .await
+    .unwrap();
+    reg
+}
+
+/// Waits until the server reports SERVING.
+pub async fn until_serving(server: &TestServer) {
+    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+}
+
 async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
         if f().await {
@@ -225,7 +248,7 @@ async fn hot_swap_under_load_fails_no_request() {
     .unwrap();
     // A long poll interval: the swap must come from the admin Promote, at once.
     let server = TestServer::start(&path, |c| c.poll_interval_secs = 3600).await;
-    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+    until_serving(&server).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, after_swap_old) = (
@@ -337,7 +360,7 @@ async fn a_corrupt_version_leaves_the_old_one_serving() {
         .await
         .unwrap();
     let server = TestServer::start(&path, |_| {}).await;
-    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+    until_serving(&server).await;
     // Promote v002, then corrupt its bundle behind the registry's back.
     reg.set_alias("production", "v002", &Expect::Any, &who)
         .await
@@ -443,25 +466,13 @@ fn tx(seconds: i64, amount: f64) -> pb::Transaction {
 async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
-    let reg = Registry::open(&path).unwrap();
-    publish(&reg, "v001").await;
-    reg.set_alias(
-        "production",
-        "v001",
-        &Expect::Absent,
-        &Move {
-            actor: "t".into(),
-            reason: "x".into(),
-        },
-    )
-    .await
-    .unwrap();
+    production_v001(&path).await;
     let server = TestServer::start(&path, |c| {
         c.max_batch = 5;
         c.max_history = 4;
     })
     .await;
-    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+    until_serving(&server).await;
     let mut c = server.scoring().await;
     let day = 86_400;
     let as_of = 1_750_000_000;
@@ -674,21 +685,9 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
 async fn explain_gives_three_readable_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
-    let reg = Registry::open(&path).unwrap();
-    publish(&reg, "v001").await;
-    reg.set_alias(
-        "production",
-        "v001",
-        &Expect::Absent,
-        &Move {
-            actor: "t".into(),
-            reason: "x".into(),
-        },
-    )
-    .await
-    .unwrap();
+    production_v001(&path).await;
     let server = TestServer::start(&path, |_| {}).await;
-    wait_for(async || server.health("").await == ServingStatus::Serving).await;
+    until_serving(&server).await;
     let mut req = features_request("c", typical());
     req.explain = true;
     let r = server

@@ -6,13 +6,11 @@ use std::collections::HashMap;
 
 use loyalscore::features::{channel_id, DAY};
 use loyalscore::proto::v1 as pb;
-use loyalscore::registry::{Expect, Move, Registry};
 use loyalscore::trainer::dataset::build_rows;
 use loyalscore::trainer::{load_transactions, LoadOptions, Silent};
-use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::server::TestServer;
-use crate::support::{publish, sample};
+use crate::server::{production_v001, until_serving, TestServer};
+use crate::support::sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn trainer_and_server_compute_the_same_features_and_scores() {
@@ -30,27 +28,10 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
     assert!(rows.len() > 200);
 
     let path = dir.path().join("registry");
-    let reg = Registry::open(path.to_str().unwrap()).unwrap();
-    publish(&reg, "v001").await;
-    reg.set_alias(
-        "production",
-        "v001",
-        &Expect::Absent,
-        &Move {
-            actor: "t".into(),
-            reason: "x".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let reg = production_v001(path.to_str().unwrap()).await;
     let (_, bundle) = reg.load("v001").await.unwrap();
     let server = TestServer::start(path.to_str().unwrap(), |_| {}).await;
-    for _ in 0..100 {
-        if server.health("").await == ServingStatus::Serving {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_serving(&server).await;
 
     let names: HashMap<u32, &str> = ["store", "web", "app"]
         .into_iter()
