@@ -4,18 +4,41 @@ use crate::features::{FeatureVector, FEATURE_NAMES};
 
 use super::{Model, Reason};
 
-/// The `k` features that moved this customer's churn probability most, either way.
+/// Features that say one thing to a person are credited together, under the first name:
+/// recency, mean gap and both overdue measures all read "63 days since the last purchase;
+/// usually every 42", and three reasons in those words would be one reason thrice.
+fn family(name: &str) -> &'static str {
+    match name {
+        "recency_days" | "overdue_ratio" | "overdue_z" | "mean_gap_days" => "recency_days",
+        "purchases_total" | "visits_total" => "purchases_total",
+        _ => FEATURE_NAMES
+            .iter()
+            .find(|n| **n == name)
+            .copied()
+            .unwrap_or("recency_days"),
+    }
+}
+
+/// The `k` reasons that moved this customer's churn probability most, either way.
 pub(super) fn top_reasons(model: &Model, f: &FeatureVector, k: usize) -> Vec<Reason> {
     let c = model.bundle.churn.contributions(f);
-    let mut idx: Vec<usize> = (0..c.features.len()).collect();
-    idx.sort_by(|&a, &b| c.features[b].abs().total_cmp(&c.features[a].abs()));
-    idx.into_iter()
+    let mut credit: Vec<(&'static str, f64)> = Vec::with_capacity(FEATURE_NAMES.len());
+    for (j, &v) in c.features.iter().enumerate() {
+        let fam = family(FEATURE_NAMES[j]);
+        match credit.iter_mut().find(|(n, _)| *n == fam) {
+            Some((_, total)) => *total += v,
+            None => credit.push((fam, v)),
+        }
+    }
+    credit.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    credit
+        .into_iter()
         .take(k)
-        .filter(|&j| c.features[j] != 0.0)
-        .map(|j| Reason {
-            feature: FEATURE_NAMES[j],
-            churn_contribution: c.features[j],
-            text: reason_text(FEATURE_NAMES[j], f, c.features[j]),
+        .filter(|(_, v)| *v != 0.0)
+        .map(|(name, v)| Reason {
+            feature: name,
+            churn_contribution: v,
+            text: reason_text(name, f, v),
         })
         .collect()
 }
@@ -49,7 +72,9 @@ pub fn reason_text(name: &str, f: &FeatureVector, contribution: f64) -> String {
     let v = |n: &str| value(f, n);
     let fact = match name {
         "recency_days" | "overdue_ratio" | "overdue_z" | "mean_gap_days" => {
-            if v("visits_total") >= 2.0 {
+            if v("recency_days") < 1.0 {
+                "bought within the last day".to_string()
+            } else if v("visits_total") >= 2.0 {
                 format!(
                     "{:.0} days since the last purchase; usually every {:.0}",
                     v("recency_days"),
