@@ -243,7 +243,8 @@ fn score_uses_both_forests_and_explains() {
         s.reasons[0].text
     );
     assert!(s.reasons[0].text.contains("raises churn risk"));
-    let texts: std::collections::HashSet<&str> = s.reasons.iter().map(|r| r.text.as_str()).collect();
+    let texts: std::collections::HashSet<&str> =
+        s.reasons.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(texts.len(), 3, "three different reasons: {:?}", s.reasons);
     assert!(score(&m, &f, false).reasons.is_empty());
 }

@@ -3,6 +3,7 @@
 use std::process::{Command, Output};
 
 use loyalscore::registry::Registry;
+use object_store::ObjectStoreExt;
 
 use crate::moto::{Moto, BUCKET};
 use crate::support::{publish, sample, text};
@@ -142,6 +143,15 @@ fn train_and_promote_on_s3_by_url() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, _) = sample(dir.path(), 600, 500, 8);
     let url = format!("s3://{BUCKET}/prod/models");
+    // The transactions come from the object store too.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let csv_key = object_store::path::Path::from("exports/sample.csv");
+    rt.block_on(
+        moto.store()
+            .put(&csv_key, std::fs::read(&csv).unwrap().into()),
+    )
+    .unwrap();
+    let csv_url = format!("s3://{BUCKET}/exports/sample.csv");
     let env = [
         ("AWS_ENDPOINT_URL", moto.endpoint()),
         ("AWS_ALLOW_HTTP", "true".into()),
@@ -153,7 +163,7 @@ fn train_and_promote_on_s3_by_url() {
     train.args([
         "fit",
         "--transactions",
-        csv.to_str().unwrap(),
+        &csv_url,
         "--registry",
         &url,
         "--trees",
@@ -189,6 +199,10 @@ fn train_and_promote_on_s3_by_url() {
         .next()
         .unwrap()
         .to_string();
+    assert!(
+        stdout.contains(&format!("Data quality: {csv_url}")),
+        "{stdout}"
+    );
     let list = ok(&admin(&["models", "list"]));
     assert!(list.contains(&version), "{list}");
     ok(&admin(&[
