@@ -2,7 +2,7 @@
 //! against baselines, and the artifact (bundle + manifest) ready to publish.
 
 use crate::features::{FeatureSchema, DAY};
-use crate::forest::{fit_forest, FlatForest, ForestParams, Matrix, TrainingMatrix};
+use crate::forest::{fit_forest, FlatForest, ForestParams, TrainingMatrix};
 use crate::model::{
     sha256_hex, ChurnMetrics, ClvMetrics, DataLineage, FileEntry, GridPoint, Hyperparameters,
     Manifest, Metrics, ModelBundle, SegmentThresholds, SplitInfo, TrainerInfo, BUNDLE_FILE,
@@ -548,9 +548,4 @@ pub fn beats_baselines(
     clv_base: &ClvMetrics,
 ) -> bool {
     churn.roc_auc > churn_base.roc_auc && clv.spearman > clv_base.spearman
-}
-
-/// Scores rows with a pair of forests (used by tests and offline checks).
-pub fn predict_pair(bundle: &ModelBundle, x: &Matrix) -> (Vec<f64>, Vec<f64>) {
-    (bundle.churn.predict(x), bundle.clv.predict(x))
 }
