@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::support::publish;
+use crate::support::{promote, publish};
 
 pub const TOKEN: &str = "s3cret-admin";
 
@@ -155,17 +155,7 @@ pub fn typical() -> Vec<f64> {
 pub async fn production_v001(path: &str) -> Registry {
     let reg = Registry::open(path).unwrap();
     publish(&reg, "v001").await;
-    reg.set_alias(
-        "production",
-        "v001",
-        &Expect::Absent,
-        &Move {
-            actor: "t".into(),
-            reason: "x".into(),
-        },
-    )
-    .await
-    .unwrap();
+    promote(&reg, "v001", Expect::Absent).await;
     reg
 }
 
@@ -204,17 +194,7 @@ async fn health_follows_the_first_promotion() {
 
     let reg = Registry::open(&path).unwrap();
     publish(&reg, "v001").await;
-    reg.set_alias(
-        "production",
-        "v001",
-        &Expect::Absent,
-        &Move {
-            actor: "t".into(),
-            reason: "first".into(),
-        },
-    )
-    .await
-    .unwrap();
+    promote(&reg, "v001", Expect::Absent).await;
     wait_for(async || server.health("loyalscore.v1.Scoring").await == ServingStatus::Serving).await;
     assert_eq!(server.health("").await, ServingStatus::Serving);
     let r = server
@@ -235,17 +215,7 @@ async fn hot_swap_under_load_fails_no_request() {
     let reg = Registry::open(&path).unwrap();
     publish(&reg, "v001").await;
     publish(&reg, "v002").await;
-    reg.set_alias(
-        "production",
-        "v001",
-        &Expect::Absent,
-        &Move {
-            actor: "t".into(),
-            reason: "first".into(),
-        },
-    )
-    .await
-    .unwrap();
+    promote(&reg, "v001", Expect::Absent).await;
     // A long poll interval: the swap must come from the admin Promote, at once.
     let server = TestServer::start(&path, |c| c.poll_interval_secs = 3600).await;
     until_serving(&server).await;

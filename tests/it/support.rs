@@ -110,3 +110,14 @@ pub async fn publish(reg: &Registry, id: &str) {
     let (m, b) = version(id);
     reg.publish(&m, &[(BUNDLE_FILE, b)]).await.unwrap();
 }
+
+/// Points `production` at a version, as a test actor.
+pub async fn promote(reg: &Registry, version: &str, expect: loyalscore::registry::Expect) {
+    let who = loyalscore::registry::Move {
+        actor: "t".into(),
+        reason: "test".into(),
+    };
+    reg.set_alias("production", version, &expect, &who)
+        .await
+        .unwrap();
+}

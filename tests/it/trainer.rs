@@ -150,49 +150,41 @@ fn a_stopped_run_publishes_nothing_and_names_the_bad_lines() {
 fn bad_flags_fail_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, _) = sample(dir.path(), 200, 400, 6);
-    let out = train_cli(&[
-        "fit",
-        "--transactions",
-        csv.to_str().unwrap(),
-        "--registry",
-        dir.path().join("r").to_str().unwrap(),
-        "--as-of",
-        "2024-99-01",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--as-of \"2024-99-01\""),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = train_cli(&[
-        "fit",
-        "--transactions",
-        csv.to_str().unwrap(),
-        "--registry",
-        dir.path().join("r").to_str().unwrap(),
-        "--as-of",
-        "2023-12-01",
-        "--horizon-days",
-        "300",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("labels need the whole horizon"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = train_cli(&[
-        "fit",
-        "--transactions",
-        dir.path().join("missing.csv").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("missing.csv"),
-        "{}",
-        text(&out.stderr)
-    );
+    let (csv, reg) = (csv.to_str().unwrap(), dir.path().join("r"));
+    let missing = dir.path().join("missing.csv");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec!["--transactions", csv, "--as-of", "2024-99-01"],
+            "--as-of \"2024-99-01\"",
+        ),
+        (
+            vec![
+                "--transactions",
+                csv,
+                "--as-of",
+                "2023-12-01",
+                "--horizon-days",
+                "300",
+            ],
+            "labels need the whole horizon",
+        ),
+        (
+            vec!["--transactions", missing.to_str().unwrap()],
+            "missing.csv",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["fit", "--registry", reg.to_str().unwrap()];
+        all.extend(args);
+        let out = train_cli(&all);
+        assert!(!out.status.success(), "{all:?}");
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{all:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(files_below(&reg).is_empty());
 }
 
 /// The generator knows who drifts away. Among customers who drifted in the 120 days before
