@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it: `./scripts/test.sh`.
-# Installs what the tests need first (idempotent): moto, a real S3 API server for the
-# registry's S3 contract tests, into .venv.
+# Installs what the tests need first (quick when already there): moto (a real S3 API for the
+# registry's contract tests) and the Helm chart checkers, into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/moto_server ]; then
-  echo "installing moto (S3 test server) into .venv ..."
+if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
 export LOYALSCORE_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+export LOYALSCORE_PYTHON="$PWD/.venv/bin/python"
 
 cargo test --locked --all-targets

@@ -21,6 +21,9 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 pub use metrics::Metrics;
+
+/// The health-check service name that is SERVING while the process runs (liveness probes).
+pub const LIVENESS_SERVICE: &str = "liveness";
 pub use models::Models;
 
 use crate::proto::v1::registry_server::RegistryServer;
@@ -101,6 +104,11 @@ pub async fn serve(
             .set_service_status(s, ServingStatus::NotServing)
             .await;
     }
+    // Liveness must not depend on a model: an empty registry is a reason not to take
+    // traffic, not a reason for Kubernetes to restart the pod.
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     let models = Arc::new(Models::new(
         registry,
         config.alias.clone(),

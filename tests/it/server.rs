@@ -181,6 +181,11 @@ async fn health_follows_the_first_promotion() {
     let server = TestServer::start(&path, |_| {}).await;
     assert_eq!(server.health("").await, ServingStatus::NotServing);
     assert_eq!(
+        server.health("liveness").await,
+        ServingStatus::Serving,
+        "alive without a model"
+    );
+    assert_eq!(
         server.health("loyalscore.v1.Scoring").await,
         ServingStatus::NotServing
     );

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Checks the Helm chart without a cluster.
+
+For the default values and each --values file (each with the --set overrides): strict
+`helm lint` and a render with helm-python-sdk (values.schema.json enforced), validation of
+every rendered object with kubernetes-validate (strict, Kubernetes --kube-version), then
+assertions on the objects: gRPC probes on the health service, HPA aimed at the Deployment,
+resources and a non-root read-only security context, a drain that fits the grace period.
+
+    check.py [--values FILE]... [--set KEY=JSON]... [--env-names]
+
+--env-names prints the LOYALSCORE_* variables the server container gets (JSON), for the
+test that compares them with the server's flags. Exit 0 when everything holds.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import helm_python
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHART = os.path.join(HERE, "loyalscore")
+VALIDATOR = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def need(cond, what):
+    if not cond:
+        raise CheckFailed(what)
+
+
+def set_path(values, dotted, raw):
+    keys = dotted.split(".")
+    node = values
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = json.loads(raw)
+
+
+def render(values, kube_version):
+    lint = helm_python.lint(CHART, values, strict=True, kube_version=kube_version)
+    need(not lint.get("errors"), f"helm lint: {lint.get('errors')}")
+    bad = [m for m in lint.get("messages", []) if m.get("severity", 0) >= 2]
+    need(not bad, f"helm lint (strict): {bad}")
+    chart = helm_python.Chart.load(CHART)
+    out = chart.render(values, name="ls", namespace="ml", is_install=True)
+    docs = []
+    for name, text in sorted(out.items()):
+        if name.endswith("NOTES.txt") or not text.strip():
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs, out
+
+
+def validate(docs, kube_version):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(docs, f)
+        path = f.name
+    try:
+        r = subprocess.run(
+            [VALIDATOR, "--strict", "--quiet", "-k", kube_version, path],
+            capture_output=True,
+            text=True,
+        )
+        need(r.returncode == 0, f"kubernetes-validate: {r.stdout}{r.stderr}")
+    finally:
+        os.unlink(path)
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def server_container(docs):
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "server"]
+    return dep, c
+
+
+def assertions(docs, values):
+    dep, c = server_container(docs)
+    name = dep["metadata"]["name"]
+    grpc_port = values["service"]["grpcPort"]
+    probes = {k: c.get(k) for k in ("readinessProbe", "livenessProbe", "startupProbe")}
+    for k, p in probes.items():
+        need(p and "grpc" in p, f"{k} must be a native gRPC probe")
+        need(p["grpc"]["port"] == grpc_port, f"{k} must probe the gRPC port {grpc_port}")
+    need(probes["readinessProbe"]["grpc"].get("service") == "loyalscore.v1.Scoring",
+         "readiness must follow the model (service loyalscore.v1.Scoring)")
+    need(probes["startupProbe"]["grpc"].get("service") == "loyalscore.v1.Scoring",
+         "the startup probe must wait for the model")
+    need(probes["livenessProbe"]["grpc"].get("service") == "liveness",
+         "liveness must not depend on a model (service liveness)")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    need(ports.get("grpc") == grpc_port, "container port grpc")
+    res = c.get("resources", {})
+    need(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory"),
+         "resource requests (cpu and memory) must be set")
+    need(res.get("limits", {}).get("memory"), "a memory limit must be set")
+    sc = c.get("securityContext", {})
+    need(sc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem")
+         and sc.get("allowPrivilegeEscalation") is False, "non-root, read-only security context")
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    need(grace > values["server"]["drainSecs"], "terminationGracePeriodSeconds must exceed drainSecs")
+    env = {e["name"]: e for e in c["env"]}
+    need(env["LOYALSCORE_DRAIN_SECS"]["value"] == str(values["server"]["drainSecs"]), "drain value passed on")
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    if values["autoscaling"]["enabled"]:
+        (hpa,) = hpas
+        ref = hpa["spec"]["scaleTargetRef"]
+        need(ref["kind"] == "Deployment" and ref["name"] == name, "the HPA must target the Deployment")
+        need("replicas" not in dep["spec"], "with an HPA the Deployment leaves replicas to it")
+    else:
+        need(not hpas and dep["spec"]["replicas"] == values["replicaCount"], "replicas without HPA")
+    (svc,) = by_kind(docs, "Service")
+    need({p["name"] for p in svc["spec"]["ports"]} == {"grpc", "metrics"}, "service ports grpc and metrics")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    for sel in [svc["spec"]["selector"]] + [p["spec"]["selector"]["matchLabels"] for p in by_kind(docs, "PodDisruptionBudget")]:
+        need(all(labels.get(k) == v for k, v in sel.items()), "selectors must match the server pods")
+    need(bool(by_kind(docs, "CronJob")) == values["trainer"]["enabled"], "a CronJob exactly when the trainer is enabled")
+    for cj in by_kind(docs, "CronJob"):
+        script = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        need(("alias set" in script) == values["trainer"]["promote"], "promotion only when trainer.promote")
+
+
+def merged(user):
+    """The chart's defaults with the user's values over them, as Helm merges them."""
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        base = yaml.safe_load(f)
+
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+        return a
+
+    return merge(base, user)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--values", action="append", default=[])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
+    ap.add_argument("--env-names", action="store_true")
+    ap.add_argument("--kube-version", default="1.33.0")
+    a = ap.parse_args()
+    helm_python.disable_logging()
+    runs = [("default values", {})] + [(f, yaml.safe_load(open(f)) or {}) for f in a.values]
+    if a.env_names:
+        user = {"server": {"adminToken": {"secretName": "any", "key": "token"}}}
+        docs, _ = render(user, a.kube_version)
+        _, c = server_container(docs)
+        print(json.dumps(sorted(e["name"] for e in c["env"] if e["name"].startswith("LOYALSCORE_"))))
+        return 0
+    failed = False
+    for label, user in runs:
+        for s in a.set:
+            k, _, v = s.partition("=")
+            set_path(user, k, v)
+        try:
+            docs, _ = render(user, a.kube_version)
+            validate(docs, a.kube_version)
+            assertions(docs, merged(user))
+            print(f"ok: {label}: {len(docs)} objects linted, rendered, validated (Kubernetes {a.kube_version}) and checked")
+        except (CheckFailed, helm_python.HelmError) as e:
+            print(f"FAILED: {label}: {e}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

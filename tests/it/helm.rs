@@ -1,0 +1,73 @@
+//! The Helm chart, checked without a cluster by `helm/check.py` (helm-python-sdk lint and
+//! render, kubernetes-validate, assertions on the objects).
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use clap::CommandFactory;
+
+use crate::support::text;
+
+fn check(args: &[&str]) -> Output {
+    let python = std::env::var("LOYALSCORE_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} not found: run ./scripts/test.sh, which installs the chart checkers into .venv"
+    );
+    Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/helm/check.py"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn chart_lints_renders_and_validates_with_default_and_s3_values() {
+    let out = check(&["--values", "helm/examples/values-s3.yaml"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
+        2,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_broken_value_fails_the_check() {
+    for (set, needle) in [
+        ("replicaCount=\"three\"", "/replicaCount"),
+        ("server.logFormat=\"xml\"", "/server/logFormat"),
+        ("server.pollIntervalSecs=0", "/server/pollIntervalSecs"),
+        ("server.unknownFlag=1", "unknownFlag"),
+    ] {
+        let out = check(&["--set", set]);
+        assert!(!out.status.success(), "{set} should fail the check");
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{set}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// Every server flag is settable from the chart, and the chart sets nothing the server lacks.
+#[test]
+fn chart_env_matches_the_server_flags() {
+    let flags: BTreeSet<String> = loyalscore::cli::serve::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    assert!(flags.len() >= 12, "{flags:?}");
+    let out = check(&["--env-names"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let chart: BTreeSet<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let only_flags: Vec<_> = flags.difference(&chart).collect();
+    let only_chart: Vec<_> = chart.difference(&flags).collect();
+    assert!(
+        only_flags.is_empty() && only_chart.is_empty(),
+        "server flags the chart cannot set: {only_flags:?}; chart env the server lacks: {only_chart:?}"
+    );
+}
