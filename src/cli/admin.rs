@@ -43,6 +43,8 @@ pub enum Cmd {
     Alias(AliasCmd),
     /// Score one customer with a running server.
     Score(super::client::ScoreArgs),
+    /// Load-test a running server (req/s and latency percentiles).
+    Bench(super::bench::BenchArgs),
     /// Sample data, a trained version promoted to production, and a server on 127.0.0.1:50051.
     Quickstart(super::train::QuickstartArgs),
 }
@@ -120,13 +122,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Score(a) = cli.cmd {
         return rt.block_on(super::client::score(a, cli.json));
     }
+    if let Cmd::Bench(a) = cli.cmd {
+        return rt.block_on(super::bench::run(a));
+    }
     if let Cmd::Quickstart(a) = cli.cmd {
         return super::train::run_quickstart(a, &rt);
     }
     let reg = Registry::open(&cli.registry)?;
     rt.block_on(async {
         match cli.cmd {
-            Cmd::Score(_) | Cmd::Quickstart(_) => unreachable!("handled above"),
+            Cmd::Score(_) | Cmd::Bench(_) | Cmd::Quickstart(_) => unreachable!("handled above"),
             Cmd::Models(ModelsCmd::List) => models_list(&reg, cli.json).await,
             Cmd::Models(ModelsCmd::Show { version }) => {
                 let m = reg.manifest(&version).await?;

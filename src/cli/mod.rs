@@ -2,6 +2,7 @@
 //! `src/bin` are one-line shells around these.
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 pub mod progress;
 pub mod serve;

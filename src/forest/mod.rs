@@ -10,7 +10,10 @@ mod mirror;
 mod train;
 
 pub use flat::{Contributions, FlatForest, FlatNode};
-pub use train::{fit_forest, smartcore_forest, ForestParams, Matrix, TrainingMatrix};
+pub use train::{
+    fit_forest, smartcore_forest, ForestParams, Matrix,
+    SmartcoreForest as SmartcoreForestRegressor, TrainingMatrix,
+};
 
 /// What can go wrong fitting, compiling or loading a forest.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,8 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 
 use super::{FlatForest, ForestError};
 
-pub(super) type SmartcoreForest = RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+/// smartcore's regressor as we fit it (row-major f64 matrix, f64 targets).
+pub type SmartcoreForest = RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
 
 /// Trees fitted per smartcore call: small enough for a steady progress bar and an even
 /// spread over cores, large enough that smartcore's per-call column sort stays cheap.
