@@ -5,9 +5,11 @@
 pub mod cli;
 pub mod features;
 pub mod forest;
+pub mod hashing;
 pub mod model;
 pub mod proto;
 pub mod registry;
+pub mod routing;
 pub mod scoring;
 pub mod server;
 pub mod trainer;
