@@ -226,26 +226,25 @@ fn grid_search(
             .collect()
     };
     let (churn_pts, clv_pts) = (points(&opts.churn), points(&opts.clv));
-    if churn_pts.len() == 1 && clv_pts.len() == 1 {
-        let (d, l) = churn_pts[0];
-        let (cd, cl) = clv_pts[0];
-        return Ok((
+    let chosen = |(d, l): (Option<u16>, usize), (cd, cl): (Option<u16>, usize), grid| {
+        Ok((
             params_for(base, &opts.churn, d, l),
             params_for(base, &opts.clv, cd, cl),
-            Vec::new(),
-        ));
+            grid,
+        ))
+    };
+    if churn_pts.len() == 1 && clv_pts.len() == 1 {
+        return chosen(churn_pts[0], clv_pts[0], Vec::new());
     }
     let (inner_val, inner_train) = split_by_customer(train, log, "grid", 0.25);
     let inner_train = cap_rows(inner_train, opts.grid_max_rows, log, "grid-rows");
     let inner_val = cap_rows(inner_val, opts.grid_max_rows / 2, log, "grid-rows");
     if inner_train.is_empty() || inner_val.is_empty() {
-        let (d, l) = churn_pts[churn_pts.len() / 2];
-        let (cd, cl) = clv_pts[clv_pts.len() / 2];
-        return Ok((
-            params_for(base, &opts.churn, d, l),
-            params_for(base, &opts.clv, cd, cl),
+        return chosen(
+            churn_pts[churn_pts.len() / 2],
+            clv_pts[clv_pts.len() / 2],
             Vec::new(),
-        ));
+        );
     }
     let tm = TrainingMatrix::new(&inner_train.x)?;
     let small = ForestParams {
@@ -255,47 +254,49 @@ fn grid_search(
     let total = (churn_pts.len() + clv_pts.len()) * small.n_trees;
     let tick = progress.start("choosing depth and leaf size", total as u64);
     let mut grid = Vec::new();
-    let y_churn = inner_train.churn_target();
-    let mut best_churn = (f64::NEG_INFINITY, churn_pts[0]);
-    for &(d, l) in &churn_pts {
-        let p = params_for(&small, &opts.churn, d, l);
-        let f = fit_forest(&tm, &y_churn, &p, opts.threads, &|n| tick.inc(n as u64))?;
-        let score = roc_auc(&f.predict(&inner_val.x), &inner_val.churned);
-        grid.push(GridPoint {
-            model: "churn".into(),
-            max_depth: d,
-            min_samples_leaf: l,
-            metric: "roc_auc".into(),
-            score,
-        });
-        if score > best_churn.0 {
-            best_churn = (score, (d, l));
+    // Fits one small forest per grid point and keeps the best-scoring point.
+    let mut search = |model: &str,
+                      pts: &[(Option<u16>, usize)],
+                      o: &Overrides,
+                      y: &[f64],
+                      metric: &str,
+                      score_of: &dyn Fn(&[f64]) -> f64|
+     -> Result<(Option<u16>, usize), TrainError> {
+        let mut best = (f64::NEG_INFINITY, pts[0]);
+        for &(d, l) in pts {
+            let p = params_for(&small, o, d, l);
+            let f = fit_forest(&tm, y, &p, opts.threads, &|n| tick.inc(n as u64))?;
+            let score = score_of(&f.predict(&inner_val.x));
+            grid.push(GridPoint {
+                model: model.into(),
+                max_depth: d,
+                min_samples_leaf: l,
+                metric: metric.into(),
+                score,
+            });
+            if score > best.0 {
+                best = (score, (d, l));
+            }
         }
-    }
-    let mut best_clv = (f64::NEG_INFINITY, clv_pts[0]);
-    for &(d, l) in &clv_pts {
-        let p = params_for(&small, &opts.clv, d, l);
-        let f = fit_forest(&tm, &inner_train.spend_next, &p, opts.threads, &|n| {
-            tick.inc(n as u64)
-        })?;
-        let score = spearman(&f.predict(&inner_val.x), &inner_val.spend_next);
-        grid.push(GridPoint {
-            model: "clv".into(),
-            max_depth: d,
-            min_samples_leaf: l,
-            metric: "spearman".into(),
-            score,
-        });
-        if score > best_clv.0 {
-            best_clv = (score, (d, l));
-        }
-    }
-    let ((d, l), (cd, cl)) = (best_churn.1, best_clv.1);
-    Ok((
-        params_for(base, &opts.churn, d, l),
-        params_for(base, &opts.clv, cd, cl),
-        grid,
-    ))
+        Ok(best.1)
+    };
+    let best_churn = search(
+        "churn",
+        &churn_pts,
+        &opts.churn,
+        &inner_train.churn_target(),
+        "roc_auc",
+        &|p| roc_auc(p, &inner_val.churned),
+    )?;
+    let best_clv = search(
+        "clv",
+        &clv_pts,
+        &opts.clv,
+        &inner_train.spend_next,
+        "spearman",
+        &|p| spearman(p, &inner_val.spend_next),
+    )?;
+    chosen(best_churn, best_clv, grid)
 }
 
 /// Fits the churn and CLV forests on the same rows.
