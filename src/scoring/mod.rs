@@ -148,6 +148,20 @@ pub fn features_from_named(
     Ok(f)
 }
 
+/// Refuses a history longer than the limit (callers check before converting a payload too).
+pub fn check_history_len(n: usize, limits: &Limits) -> Result<(), ScoringError> {
+    if n > limits.max_history {
+        return Err(invalid(
+            "history.transactions",
+            format!(
+                "has {n} transactions, more than the limit of {}",
+                limits.max_history
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Features from a purchase history at `as_of`, with the trainer's code.
 pub fn features_from_history(
     txs: &[Transaction],
@@ -161,16 +175,7 @@ pub fn features_from_history(
             "is empty: a customer needs at least one purchase",
         ));
     }
-    if txs.len() > limits.max_history {
-        return Err(invalid(
-            FIELD,
-            format!(
-                "has {} transactions, more than the limit of {}",
-                txs.len(),
-                limits.max_history
-            ),
-        ));
-    }
+    check_history_len(txs.len(), limits)?;
     for (i, t) in txs.iter().enumerate() {
         if let Err(e) = t.validate() {
             let (field, msg) = match e {

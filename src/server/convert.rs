@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 use crate::features::{channel_id, Transaction, MAX_TS, MIN_TS};
 use crate::proto::v1 as pb;
 use crate::registry::RegistryError;
-use crate::scoring::{Reason, Scored, ScoringError};
+use crate::scoring::{Limits, Reason, Scored, ScoringError};
 
 pub fn scoring_code(e: &ScoringError) -> Code {
     match e {
@@ -61,16 +61,9 @@ pub fn timestamp(t: &prost_types::Timestamp, field: &str) -> Result<i64, Scoring
     Ok(t.seconds)
 }
 
-pub fn transactions(h: &pb::History, max: usize) -> Result<Vec<Transaction>, ScoringError> {
-    if h.transactions.len() > max {
-        return Err(invalid(
-            "history.transactions".into(),
-            format!(
-                "has {} transactions, more than the limit of {max}",
-                h.transactions.len()
-            ),
-        ));
-    }
+/// Converts a history, refusing an oversize one before converting anything.
+pub fn transactions(h: &pb::History, limits: &Limits) -> Result<Vec<Transaction>, ScoringError> {
+    crate::scoring::check_history_len(h.transactions.len(), limits)?;
     h.transactions
         .iter()
         .enumerate()

@@ -67,7 +67,7 @@ impl ScoringService {
                     Some(t) => convert::timestamp(t, "as_of")?,
                     None => now,
                 };
-                let txs = convert::transactions(h, self.limits.max_history)?;
+                let txs = convert::transactions(h, &self.limits)?;
                 scoring::features_from_history(&txs, as_of, &self.limits)?
             }
             None => return Err(invalid("input", "give either features or history")),
