@@ -156,7 +156,9 @@ def main():
     helm_python.disable_logging()
     runs = [("default values", {})] + [(f, yaml.safe_load(open(f)) or {}) for f in a.values]
     if a.env_names:
-        user = {"server": {"adminToken": {"secretName": "any", "key": "token"}}}
+        user = {"server": {"adminToken": {"secretName": "any", "key": "token"},
+                           "exposureLog": "s3://bucket/exposures",
+                           "exposureKey": {"secretName": "any", "key": "key"}}}
         docs, _ = render(user, a.kube_version)
         _, c = server_container(docs)
         print(json.dumps(sorted(e["name"] for e in c["env"] if e["name"].startswith("LOYALSCORE_"))))

@@ -41,6 +41,9 @@ pub enum Cmd {
     /// Aliases such as production and staging.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// A/B experiments: split an alias's customers between versions.
+    #[command(subcommand)]
+    Traffic(super::traffic::TrafficCmd),
     /// Score one customer with a running server.
     Score(super::client::ScoreArgs),
     /// Load-test a running server (req/s and latency percentiles).
@@ -100,11 +103,15 @@ pub const EXIT_CONFLICT: u8 = 3;
 pub fn is_conflict(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<RegistryError>(),
-        Some(RegistryError::LostRace { .. } | RegistryError::ExpectMismatch { .. })
+        Some(
+            RegistryError::LostRace { .. }
+                | RegistryError::ExpectMismatch { .. }
+                | RegistryError::TrafficMoved { .. }
+        )
     )
 }
 
-fn mv(who: Who, default_reason: &str) -> Move {
+pub fn mv(who: Who, default_reason: &str) -> Move {
     Move {
         actor: who
             .actor
@@ -132,6 +139,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.cmd {
             Cmd::Score(_) | Cmd::Bench(_) | Cmd::Quickstart(_) => unreachable!("handled above"),
+            Cmd::Traffic(cmd) => super::traffic::run(&reg, cmd, cli.json).await,
             Cmd::Models(ModelsCmd::List) => models_list(&reg, cli.json).await,
             Cmd::Models(ModelsCmd::Show { version }) => {
                 let m = reg.manifest(&version).await?;
@@ -463,30 +471,4 @@ fn diff(a: &Manifest, b: &Manifest) -> String {
     render(&["", &a.version, &b.version, ""], &table)
 }
 
-/// Left-aligned columns, two spaces apart.
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < width.len() {
-                width[i] = width[i].max(c.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = width[i]));
-            }
-        }
-        s.trim_end().to_string() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    out
-}
+pub use crate::trainer::report::table as render;

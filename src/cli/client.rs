@@ -163,12 +163,20 @@ pub async fn score(a: ScoreArgs, json: bool) -> anyhow::Result<()> {
                 "model_version": r.model_version,
                 "experiment": r.experiment,
                 "arm": r.arm,
+                "holdout": r.holdout,
                 "reasons": reasons,
             }))?
         );
         return Ok(());
     }
     println!("customer          {}", r.customer_id);
+    if r.holdout {
+        println!(
+            "experiment        {} (arm {}: held out, no model score)",
+            r.experiment, r.arm
+        );
+        return Ok(());
+    }
     println!(
         "churn probability {:.3} (no purchase within {} days)",
         r.churn_probability, r.horizon_days

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod progress;
 pub mod serve;
+pub mod traffic;
 pub mod train;
 
 /// Logs go to stderr, so stdout stays clean for tables and JSON.

@@ -39,6 +39,36 @@ pub enum Cmd {
     Fit(FitArgs),
     /// Score every customer of a log at a date with a published version (CSV out).
     Score(OfflineScoreArgs),
+    /// Read out an A/B experiment: its exposures joined with what customers did afterwards.
+    ExperimentReport(ExperimentReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentReportArgs {
+    /// Where the server wrote exposures (its --exposure-log): a folder or a bucket URL.
+    #[arg(long)]
+    pub exposures: String,
+    /// Transactions covering the outcome windows (a path or an object-store URL).
+    #[arg(long)]
+    pub transactions: String,
+    /// The key the server hashed customer ids with.
+    #[arg(long, env = "LOYALSCORE_EXPOSURE_KEY", hide_env_values = true)]
+    pub exposure_key: String,
+    /// The experiment to read out (needed when the exposures hold several).
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Bootstrap resamples per arm.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Coverage of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Stop reading the transactions past this share of bad rows.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_bad_share: f64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Fit(a) => run_fit(a).map(|_| ()),
         Cmd::Score(a) => run_offline_score(a),
+        Cmd::ExperimentReport(a) => run_experiment_report(a),
     }
 }
 
@@ -307,6 +338,35 @@ fn run_offline_score(a: OfflineScoreArgs) -> anyhow::Result<()> {
         a.out.display(),
         counts.skipped
     );
+    Ok(())
+}
+
+fn run_experiment_report(a: ExperimentReportArgs) -> anyhow::Result<()> {
+    if a.bootstrap < 100 {
+        anyhow::bail!("--bootstrap {}: use at least 100 resamples", a.bootstrap);
+    }
+    if !(0.5..1.0).contains(&a.confidence) {
+        anyhow::bail!("--confidence {}: must be in [0.5, 1)", a.confidence);
+    }
+    let key = crate::exposure::CustomerKey::new(&a.exposure_key)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exposures = rt
+        .block_on(crate::exposure::read_all(&a.exposures))
+        .with_context(|| format!("reading exposures from {}", a.exposures))?;
+    let log = load_log(&a.transactions, a.max_bad_share, &rt)?;
+    let opts = trainer::experiment::ReportOptions {
+        bootstrap: a.bootstrap,
+        confidence: a.confidence,
+        ..Default::default()
+    };
+    let r = trainer::experiment::report(&exposures, &log, &key, a.experiment.as_deref(), &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", trainer::experiment::render(&r));
+    }
     Ok(())
 }
 

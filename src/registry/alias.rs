@@ -1,14 +1,9 @@
 //! Aliases (`production`, `staging`, any name): moved only by compare-and-swap, with every
 //! move kept as the audit history.
 //!
-//! Each move is a new object `aliases/<name>/<seq>.json` written create-if-absent; the
-//! highest sequence number is the alias's current value. Two writers racing for one move
-//! collide on the same key and exactly one wins; this needs only `PutMode::Create`, which
-//! every object_store backend has (the local filesystem has no `PutMode::Update`).
+//! Each move is a new record `aliases/<name>/<seq>.json` in a [journal](super::journal); the
+//! highest sequence number is the alias's current value.
 
-use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::{path::Path, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{check_version_id, Registry, RegistryError};
@@ -62,33 +57,13 @@ fn check_alias(name: &str) -> Result<(), RegistryError> {
     check_version_id(name).map_err(|_| RegistryError::BadAliasName(name.to_string()))
 }
 
-fn seq_of(p: &Path) -> Option<u64> {
-    p.filename()?.strip_suffix(".json")?.parse().ok()
-}
-
 impl Registry {
-    fn alias_key(&self, name: &str, seq: u64) -> Path {
-        self.key(&["aliases", name, &format!("{seq:012}.json")])
-    }
-
     async fn alias_seqs(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
-        let mut seqs: Vec<u64> = self
-            .store
-            .list(Some(&self.key(&["aliases", name])))
-            .try_filter_map(|m| futures::future::ready(Ok(seq_of(&m.location))))
-            .try_collect()
-            .await?;
-        seqs.sort_unstable();
-        Ok(seqs)
+        self.journal_seqs(&["aliases", name]).await
     }
 
     async fn alias_record(&self, name: &str, seq: u64) -> Result<AliasRecord, RegistryError> {
-        let bytes = self
-            .store
-            .get(&self.alias_key(name, seq))
-            .await?
-            .bytes()
-            .await?;
+        let bytes = self.journal_read(&["aliases", name], seq).await?;
         let r: AliasRecord =
             serde_json::from_slice(&bytes).map_err(|e| RegistryError::CorruptAlias {
                 alias: name.to_string(),
@@ -107,17 +82,7 @@ impl Registry {
 
     /// Every alias name with at least one move, sorted.
     pub async fn aliases(&self) -> Result<Vec<String>, RegistryError> {
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&self.key(&["aliases"])))
-            .await?;
-        let mut names: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
+        self.journal_names("aliases").await
     }
 
     /// The alias's latest move, or `None` if it was never set.
@@ -225,29 +190,15 @@ impl Registry {
             reason: mv.reason.clone(),
         };
         let body = serde_json::to_vec_pretty(&record).unwrap_or_default();
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(
-                &self.alias_key(name, seq),
-                PutPayload::from_bytes(Bytes::from(body)),
-                opts,
-            )
-            .await
-        {
-            Ok(_) => Ok(record),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let winner = self.alias_record(name, seq).await?;
-                Err(RegistryError::LostRace {
-                    alias: name.to_string(),
-                    winner: winner.version,
-                    actor: winner.actor,
-                })
-            }
-            Err(e) => Err(e.into()),
+        if self.journal_create(&["aliases", name], seq, body).await? {
+            Ok(record)
+        } else {
+            let winner = self.alias_record(name, seq).await?;
+            Err(RegistryError::LostRace {
+                alias: name.to_string(),
+                winner: winner.version,
+                actor: winner.actor,
+            })
         }
     }
 }

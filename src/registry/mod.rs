@@ -5,12 +5,15 @@
 //! versions/<version>/model.bin       the bundle, written first
 //! versions/<version>/manifest.json   written last, create-if-absent: a version exists iff this does
 //! aliases/<name>/<seq>.json          one record per move of an alias; the highest is current
+//! traffic/<alias>/<seq>.json         the alias's A/B experiment, moved the same way
 //! ```
 //! Works on any `Arc<dyn ObjectStore>`; [`open_store`] picks the backend from a URL.
 //! Nothing here knows about gRPC.
 
 mod alias;
+mod journal;
 mod store;
+mod traffic;
 
 use std::sync::Arc;
 
@@ -20,8 +23,10 @@ use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 
 use crate::model::{Manifest, ModelBundle, ModelError, BUNDLE_FILE, MANIFEST_FILE};
 
+pub use crate::routing::{Experiment, HOLDOUT_ARM};
 pub use alias::{AliasRecord, Expect, Move};
 pub use store::open_store;
+pub use traffic::TrafficRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -61,6 +66,22 @@ pub enum RegistryError {
     },
     #[error("alias {alias} record {seq} is corrupt: {reason}")]
     CorruptAlias {
+        alias: String,
+        seq: u64,
+        reason: String,
+    },
+    #[error("traffic: {0}")]
+    BadTraffic(String),
+    #[error("alias {0} has no experiment running")]
+    NoExperiment(String),
+    #[error("traffic of alias {alias} is at record {actual}, not the expected {expected}; nothing changed")]
+    TrafficMoved {
+        alias: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("traffic of alias {alias} record {seq} is corrupt: {reason}")]
+    CorruptTraffic {
         alias: String,
         seq: u64,
         reason: String,

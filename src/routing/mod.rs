@@ -4,10 +4,16 @@
 //! no state, no randomness at request time, so a customer lands in the same arm on every
 //! request, replica and restart, and a new salt reshuffles everyone. Pure: no IO.
 
-use crate::hashing::stable_hash;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hashing::{in_share, stable_hash};
+use crate::scoring::Model;
 
 /// One arm: a name, the version that answers for it, and its share of customers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arm {
     pub name: String,
     pub version: String,
@@ -17,6 +23,11 @@ pub struct Arm {
 /// The arm for `customer_id`, or `None` when no arm has weight. Arms keep their listed order,
 /// so changing one weight moves only the customers at the boundary it shifts.
 pub fn assign<'a>(arms: &'a [Arm], salt: &str, customer_id: &str) -> Option<&'a Arm> {
+    assign_index(arms, salt, customer_id).map(|i| &arms[i])
+}
+
+/// [`assign`], as the arm's index.
+pub fn assign_index(arms: &[Arm], salt: &str, customer_id: &str) -> Option<usize> {
     let total: u64 = arms.iter().map(|a| u64::from(a.weight)).sum();
     if total == 0 {
         return None;
@@ -24,10 +35,185 @@ pub fn assign<'a>(arms: &'a [Arm], salt: &str, customer_id: &str) -> Option<&'a 
     // Multiply-shift maps the 64-bit hash onto [0, total) without modulo bias.
     let point = ((u128::from(stable_hash(salt, customer_id)) * u128::from(total)) >> 64) as u64;
     let mut upper = 0u64;
-    arms.iter().find(|a| {
+    arms.iter().position(|a| {
         upper += u64::from(a.weight);
         point < upper
     })
+}
+
+/// The arm name reported for customers in an experiment's holdout (no model score).
+pub const HOLDOUT_ARM: &str = "holdout";
+
+/// An experiment: arms by weight, shadow versions scored only to be measured, and a share of
+/// customers held out of model scoring altogether.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Experiment {
+    pub name: String,
+    /// Assignment is hash(salt, customer id): a new salt reshuffles every customer.
+    pub salt: String,
+    pub arms: Vec<Arm>,
+    #[serde(default)]
+    pub shadow: Vec<String>,
+    /// Share of customers, in [0, 1), who get no model score.
+    #[serde(default)]
+    pub holdout: f64,
+}
+
+impl Experiment {
+    /// Every version the experiment needs loaded: arms first, then shadows, no repeats.
+    pub fn versions(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.arms
+            .iter()
+            .map(|a| a.version.clone())
+            .chain(self.shadow.iter().cloned())
+            .filter(|v| seen.insert(v.clone()))
+            .collect()
+    }
+
+    /// Checks what can be checked without the store; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |m: String| Err(m);
+        if !is_id(&self.name) {
+            return bad(format!(
+                "experiment name {:?}: letters, digits, '.', '_' and '-' only",
+                self.name
+            ));
+        }
+        if self.salt.is_empty() {
+            return bad("salt: is empty".into());
+        }
+        if self.arms.is_empty() {
+            return bad("arms: an experiment needs at least one arm".into());
+        }
+        let mut names = HashSet::new();
+        for (i, a) in self.arms.iter().enumerate() {
+            if !is_id(&a.name) || a.name == HOLDOUT_ARM {
+                return bad(format!(
+                    "arms[{i}].name {:?}: letters, digits, '.', '_' and '-' only, and not {HOLDOUT_ARM:?}",
+                    a.name
+                ));
+            }
+            if !names.insert(a.name.as_str()) {
+                return bad(format!("arms[{i}].name: arm {:?} is listed twice", a.name));
+            }
+            if !is_id(&a.version) {
+                return bad(format!(
+                    "arms[{i}].version {:?} is not a version id",
+                    a.version
+                ));
+            }
+            if a.weight > 1_000_000 {
+                return bad(format!("arms[{i}].weight: {} is above 1000000", a.weight));
+            }
+        }
+        if self.arms.iter().all(|a| a.weight == 0) {
+            return bad("arms: every weight is 0".into());
+        }
+        for (i, v) in self.shadow.iter().enumerate() {
+            if !is_id(v) {
+                return bad(format!("shadow[{i}] {v:?} is not a version id"));
+            }
+            if self.shadow[..i].contains(v) {
+                return bad(format!("shadow[{i}]: version {v} is listed twice"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.holdout) {
+            return bad(format!(
+                "holdout: {} is not a share in [0, 1)",
+                self.holdout
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names and version ids become object-store path segments: the registry's alphabet.
+fn is_id(s: &str) -> bool {
+    crate::registry::check_version_id(s).is_ok()
+}
+
+/// Where one customer goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// Scored by this arm's model.
+    Arm { arm: &'a str, model: &'a Arc<Model> },
+    /// In the holdout: no model score.
+    Holdout,
+}
+
+/// A running experiment with every version it needs loaded: what a server routes by.
+#[derive(Debug)]
+pub struct Routing {
+    /// The traffic record this was built from.
+    pub seq: u64,
+    pub experiment: String,
+    salt: String,
+    holdout_salt: String,
+    holdout: f64,
+    arms: Vec<Arm>,
+    /// `models[i]` answers for `arms[i]`.
+    models: Vec<Arc<Model>>,
+    /// Scored off the request path, only measured.
+    pub shadows: Vec<Arc<Model>>,
+}
+
+impl Routing {
+    /// `model(version)` gives each loaded version the experiment names.
+    pub fn new(
+        seq: u64,
+        e: &Experiment,
+        mut model: impl FnMut(&str) -> Option<Arc<Model>>,
+    ) -> Result<Self, String> {
+        e.validate()?;
+        let mut get = |v: &str| model(v).ok_or_else(|| format!("version {v} is not loaded"));
+        let models = e
+            .arms
+            .iter()
+            .map(|a| get(&a.version))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shadows = e
+            .shadow
+            .iter()
+            .map(|v| get(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Routing {
+            seq,
+            experiment: e.name.clone(),
+            salt: e.salt.clone(),
+            // Holdout membership is drawn independently of the arm, with its own salt.
+            holdout_salt: format!("{}/holdout", e.salt),
+            holdout: e.holdout,
+            arms: e.arms.clone(),
+            models,
+            shadows,
+        })
+    }
+
+    /// The customer's route: sticky, since it depends only on the salt, the id and the weights.
+    pub fn route(&self, customer_id: &str) -> Route<'_> {
+        if self.holdout > 0.0
+            && in_share(stable_hash(&self.holdout_salt, customer_id), self.holdout)
+        {
+            return Route::Holdout;
+        }
+        match assign_index(&self.arms, &self.salt, customer_id) {
+            Some(i) => Route::Arm {
+                arm: &self.arms[i].name,
+                model: &self.models[i],
+            },
+            None => Route::Holdout,
+        }
+    }
+
+    /// Any arm's model: the schema to check a held-out customer's input against.
+    pub fn any_model(&self) -> &Arc<Model> {
+        &self.models[0]
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.iter().chain(self.shadows.iter())
+    }
 }
 
 #[cfg(test)]

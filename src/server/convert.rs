@@ -25,13 +25,18 @@ pub fn registry_status(e: RegistryError) -> Status {
         RegistryError::VersionNotFound(_) | RegistryError::AliasNotFound(_) => Code::NotFound,
         RegistryError::BadVersionId(_)
         | RegistryError::BadAliasName(_)
-        | RegistryError::BadUrl { .. } => Code::InvalidArgument,
+        | RegistryError::BadUrl { .. }
+        | RegistryError::BadTraffic(_) => Code::InvalidArgument,
         RegistryError::ExpectMismatch { .. }
         | RegistryError::Unchanged { .. }
         | RegistryError::NothingToRollBack(_)
         | RegistryError::Corrupt { .. }
-        | RegistryError::CorruptAlias { .. } => Code::FailedPrecondition,
-        RegistryError::LostRace { .. } | RegistryError::VersionExists(_) => Code::Aborted,
+        | RegistryError::CorruptAlias { .. }
+        | RegistryError::CorruptTraffic { .. }
+        | RegistryError::NoExperiment(_) => Code::FailedPrecondition,
+        RegistryError::LostRace { .. }
+        | RegistryError::VersionExists(_)
+        | RegistryError::TrafficMoved { .. } => Code::Aborted,
         RegistryError::Store(_) => Code::Unavailable,
     };
     Status::new(code, e.to_string())
@@ -111,6 +116,7 @@ pub fn response(
         experiment: String::new(),
         arm: String::new(),
         features: None,
+        holdout: false,
     }
 }
 

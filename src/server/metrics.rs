@@ -19,11 +19,35 @@ pub struct Metrics {
     pub loads: IntCounterVec,
     /// 1 for the version serving now.
     pub active: IntGaugeVec,
+    /// Traffic document applications by result (ok, failed).
+    pub traffic_loads: IntCounterVec,
+    /// Experiment answers by experiment, arm and version.
+    pub exp_requests: IntCounterVec,
+    /// Score latency by experiment and arm.
+    pub exp_latency: HistogramVec,
+    /// Churn probabilities and CLVs given, by experiment, arm and version.
+    pub exp_churn: HistogramVec,
+    pub exp_clv: HistogramVec,
+    /// Shadow scores by experiment and shadow version, and those dropped (queue full).
+    pub shadow_scores: IntCounterVec,
+    pub shadow_dropped: IntCounterVec,
+    /// |shadow - answer| by experiment, shadow version and answering version.
+    pub shadow_churn_diff: HistogramVec,
+    pub shadow_clv_diff: HistogramVec,
+    /// Exposure records by result (queued, dropped).
+    pub exposures: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Metric definitions are constants: a failure here is a programming error at startup.
     r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5,
+        1.0, 5.0,
+    ]
 }
 
 impl Metrics {
@@ -37,10 +61,8 @@ impl Metrics {
             &["method", "code", "version"],
         ));
         let latency = must(HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "gRPC request latency").buckets(vec![
-                0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05,
-                0.1, 0.5, 1.0, 5.0,
-            ]),
+            HistogramOpts::new("request_duration_seconds", "gRPC request latency")
+                .buckets(latency_buckets()),
             &["method"],
         ));
         let batch_items = must(IntCounterVec::new(
@@ -55,6 +77,81 @@ impl Metrics {
             Opts::new("active_model", "1 for the model version serving now"),
             &["version"],
         ));
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = must(HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                labels,
+            ));
+            let _ = registry.register(Box::new(h.clone()));
+            h
+        };
+        let exp_labels = ["experiment", "arm", "version"];
+        let shadow_labels = ["experiment", "shadow_version", "version"];
+        let tenths: Vec<f64> = (1..=10).map(|i| f64::from(i) / 10.0).collect();
+        let money = vec![
+            1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+        ];
+        let diffs = vec![0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+        let traffic_loads = counter(
+            "traffic_loads_total",
+            "traffic document applications by result",
+            &["result"],
+        );
+        let exp_requests = counter(
+            "experiment_requests_total",
+            "customers answered in an experiment, by experiment, arm and version",
+            &exp_labels,
+        );
+        let exp_latency = histogram(
+            "experiment_request_duration_seconds",
+            "Score latency in an experiment, by experiment and arm",
+            &["experiment", "arm"],
+            latency_buckets(),
+        );
+        let exp_churn = histogram(
+            "experiment_churn_probability",
+            "churn probabilities given in an experiment",
+            &exp_labels,
+            tenths,
+        );
+        let exp_clv = histogram(
+            "experiment_clv",
+            "CLVs given in an experiment",
+            &exp_labels,
+            money.clone(),
+        );
+        let shadow_scores = counter(
+            "shadow_scores_total",
+            "shadow scores by experiment and shadow version",
+            &["experiment", "shadow_version"],
+        );
+        let shadow_dropped = counter(
+            "shadow_dropped_total",
+            "shadow scores dropped because the queue was full",
+            &["experiment"],
+        );
+        let shadow_churn_diff = histogram(
+            "shadow_churn_abs_diff",
+            "|shadow churn probability - the answer's|",
+            &shadow_labels,
+            diffs.clone(),
+        );
+        let shadow_clv_diff = histogram(
+            "shadow_clv_abs_diff",
+            "|shadow CLV - the answer's|",
+            &shadow_labels,
+            money,
+        );
+        let exposures = counter(
+            "exposures_total",
+            "exposure log records by result (queued, dropped)",
+            &["result"],
+        );
         for c in [&requests, &batch_items, &loads] {
             let _ = registry.register(Box::new(c.clone()));
         }
@@ -67,6 +164,16 @@ impl Metrics {
             batch_items,
             loads,
             active,
+            traffic_loads,
+            exp_requests,
+            exp_latency,
+            exp_churn,
+            exp_clv,
+            shadow_scores,
+            shadow_dropped,
+            shadow_churn_diff,
+            shadow_clv_diff,
+            exposures,
         }
     }
 

@@ -9,6 +9,7 @@ mod metrics;
 mod models;
 mod registry_api;
 mod scoring_api;
+mod shadow;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,6 +75,17 @@ pub struct Config {
     /// Token for the Registry admin service; without one the service is off.
     #[arg(long, env = "LOYALSCORE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Where experiment exposures are appended as JSON lines: a folder or a bucket URL.
+    /// Off when unset.
+    #[arg(long, env = "LOYALSCORE_EXPOSURE_LOG")]
+    pub exposure_log: Option<String>,
+    /// Secret key for the hash that stands for customer ids in the exposure log (at least
+    /// 16 bytes); the read-out needs the same key.
+    #[arg(long, env = "LOYALSCORE_EXPOSURE_KEY", hide_env_values = true)]
+    pub exposure_key: Option<String>,
+    /// Shadow scoring jobs queued at most; past it they are dropped and counted.
+    #[arg(long, env = "LOYALSCORE_SHADOW_QUEUE", default_value_t = 10_000)]
+    pub shadow_queue: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +98,10 @@ pub enum ServerError {
     Reflection(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("exposure log: {0}")]
+    Exposure(#[from] crate::exposure::ExposureError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the server on `grpc` (and `metrics`, if given) until `shutdown` resolves, then drains
@@ -127,6 +143,22 @@ pub async fn serve(
         }))
     });
 
+    let (exposures, exposure_writer) = match &config.exposure_log {
+        Some(url) if !url.is_empty() => {
+            let secret = config.exposure_key.as_deref().unwrap_or_default();
+            if secret.is_empty() {
+                return Err(ServerError::Config(
+                    "--exposure-log needs --exposure-key (LOYALSCORE_EXPOSURE_KEY)".into(),
+                ));
+            }
+            let key = crate::exposure::CustomerKey::new(secret)?;
+            let (log, writer) = crate::exposure::start(url, key, Default::default())?;
+            tracing::info!(%url, "exposure log on");
+            (Some(log), Some(writer))
+        }
+        _ => (None, None),
+    };
+    let (shadows, shadow_task) = shadow::Shadows::start(config.shadow_queue, metrics.clone());
     let scoring = ScoringServer::new(scoring_api::ScoringService {
         models: models.clone(),
         metrics: metrics.clone(),
@@ -134,6 +166,8 @@ pub async fn serve(
             max_history: config.max_history,
             max_batch: config.max_batch,
         },
+        shadows,
+        exposures,
     })
     .max_decoding_message_size(config.max_message_bytes);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -175,7 +209,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drain_rx.changed().await;
         });
-    tokio::pin!(server);
+    let mut server = Box::pin(server);
     let drain = Duration::from_secs(config.drain_secs);
     let result = tokio::select! {
         r = &mut server => r.map_err(ServerError::from),
@@ -192,7 +226,16 @@ pub async fn serve(
         }
     };
     let _ = stop_tx.send(true);
+    // Dropping the server drops the services, and with them the shadow and exposure queues.
+    drop(server);
     follower.abort();
+    shadow_task.abort();
+    if let Some(w) = exposure_writer {
+        match w.close(Duration::from_secs(10)).await {
+            Some(s) => tracing::info!(written = s.written, lost = s.lost, "exposure log flushed"),
+            None => tracing::error!("exposure log did not flush within 10 s"),
+        }
+    }
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }

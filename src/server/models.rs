@@ -1,6 +1,7 @@
-//! The model versions a server holds: the active one (following an alias, swapped atomically)
-//! and at most one pinned one. Loading happens off the request path; a version that fails to
-//! load leaves the old one serving.
+//! The model versions a server holds: the active one (following an alias, swapped atomically),
+//! the running experiment's versions (following the alias's traffic document, swapped the same
+//! way) and at most one pinned one. Loading happens off the request path; a version or a
+//! traffic document that fails to load leaves the old one serving.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tonic_health::ServingStatus;
 
 use super::metrics::Metrics;
 use crate::registry::Registry;
+use crate::routing::Routing;
 use crate::scoring::{Model, ScoringError};
 
 /// The gRPC service names whose health follows the model.
@@ -19,6 +21,10 @@ pub const HEALTH_SERVICES: [&str; 2] = ["", "loyalscore.v1.Scoring"];
 
 pub struct Models {
     active: ArcSwapOption<Model>,
+    /// The running experiment, if any.
+    routing: ArcSwapOption<Routing>,
+    /// The traffic record applied last (0: none), and the last one that failed.
+    traffic_seq: Mutex<(u64, Option<u64>)>,
     /// The last pinned version asked for, kept so repeated pins do not reload it.
     pinned: Mutex<Option<Arc<Model>>>,
     /// The last version that failed to load: not retried until the alias moves.
@@ -41,6 +47,8 @@ impl Models {
     ) -> Self {
         Models {
             active: ArcSwapOption::empty(),
+            routing: ArcSwapOption::empty(),
+            traffic_seq: Mutex::new((0, None)),
             pinned: Mutex::new(None),
             failed: Mutex::new(None),
             registry,
@@ -63,6 +71,11 @@ impl Models {
     /// The serving version; each request takes it once and keeps it to the end.
     pub fn active(&self) -> Option<Arc<Model>> {
         self.active.load_full()
+    }
+
+    /// The running experiment; each request (or batch) takes it once.
+    pub fn routing(&self) -> Option<Arc<Routing>> {
+        self.routing.load_full()
     }
 
     /// The model for a pinned version: the active one, the cached pinned one, or loaded now.
@@ -94,10 +107,93 @@ impl Models {
         Model::new(manifest, bundle)
     }
 
-    /// Reads the alias and, if it moved, loads and verifies the new version, then swaps it
-    /// in. Returns the version serving afterwards.
+    /// Reads the alias and its traffic document and applies what changed. Returns the version
+    /// the alias serves afterwards.
     pub async fn refresh(&self) -> Option<String> {
         let _guard = self.refresh_lock.lock().await;
+        let serving = self.refresh_alias().await;
+        self.refresh_traffic().await;
+        serving
+    }
+
+    /// Builds the routing for a new traffic record (loading versions not held yet) and swaps
+    /// it in; a stop record clears it. A record that cannot be applied keeps the old routing.
+    async fn refresh_traffic(&self) {
+        let record = match self.registry.traffic(&self.alias).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                self.metrics
+                    .traffic_loads
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(alias = %self.alias, error = %e, "cannot read the traffic document; keeping the current routing");
+                return;
+            }
+        };
+        let (applied, failed) = self.traffic_seq.lock().map(|g| *g).unwrap_or((0, None));
+        if record.seq == applied || failed == Some(record.seq) {
+            return;
+        }
+        let outcome = match &record.experiment {
+            None => Ok(None),
+            Some(exp) => self.build_routing(record.seq, exp).await.map(Some),
+        };
+        match outcome {
+            Ok(routing) => {
+                match &routing {
+                    Some(r) => {
+                        tracing::info!(experiment = %r.experiment, seq = record.seq, "experiment routing now in force")
+                    }
+                    None => {
+                        tracing::info!(seq = record.seq, alias = %self.alias, "experiment stopped; all traffic follows the alias")
+                    }
+                }
+                self.routing.store(routing.map(Arc::new));
+                self.metrics.traffic_loads.with_label_values(&["ok"]).inc();
+                if let Ok(mut g) = self.traffic_seq.lock() {
+                    *g = (record.seq, None);
+                }
+            }
+            Err(why) => {
+                self.metrics
+                    .traffic_loads
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::error!(seq = record.seq, %why, "cannot apply the traffic document; the previous routing stays");
+                if let Ok(mut g) = self.traffic_seq.lock() {
+                    g.1 = Some(record.seq);
+                }
+            }
+        }
+    }
+
+    async fn build_routing(
+        &self,
+        seq: u64,
+        exp: &crate::routing::Experiment,
+    ) -> Result<Routing, String> {
+        // Versions already in memory are shared, not loaded twice.
+        let mut held: Vec<Arc<Model>> = self.active().into_iter().collect();
+        if let Some(r) = self.routing() {
+            held.extend(r.versions().cloned());
+        }
+        let mut loaded = Vec::new();
+        for v in exp.versions() {
+            if let Some(m) = held.iter().find(|m| m.version == v) {
+                loaded.push(m.clone());
+            } else {
+                let m = Arc::new(self.load(&v).await?);
+                let _ = crate::scoring::score(&m, &[0.0; crate::features::N_FEATURES], true);
+                loaded.push(m);
+            }
+        }
+        Routing::new(seq, exp, |v| {
+            loaded.iter().find(|m| m.version == v).cloned()
+        })
+    }
+
+    async fn refresh_alias(&self) -> Option<String> {
         let current = self.active().map(|m| m.version.clone());
         let target = match self.registry.alias(&self.alias).await {
             Ok(Some(r)) => r.version,

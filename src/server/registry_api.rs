@@ -8,7 +8,8 @@ use super::convert::{alias_move, registry_status, version_info};
 use super::models::Models;
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
-use crate::registry::{Expect, Move};
+use crate::registry::{Expect, Experiment, Move, TrafficRecord};
+use crate::routing::Arm;
 
 pub struct RegistryService {
     pub models: Arc<Models>,
@@ -50,6 +51,29 @@ impl RegistryService {
         if alias == self.models.alias() {
             self.models.refresh().await;
         }
+    }
+}
+
+fn traffic_change(r: TrafficRecord) -> pb::TrafficChange {
+    pb::TrafficChange {
+        record_json: serde_json::to_string(&r).unwrap_or_default(),
+        alias: r.alias,
+        seq: r.seq,
+        action: r.action,
+        experiment: r.experiment.map(|e| e.name).unwrap_or_default(),
+        actor: r.actor,
+        at: r.at,
+        reason: r.reason,
+    }
+}
+
+fn need_reason(reason: &str) -> Result<(), Status> {
+    if reason.trim().is_empty() {
+        Err(Status::invalid_argument(
+            "reason: is empty; say why, for the audit history",
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -102,11 +126,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::AliasMove>, Status> {
         self.check(&req)?;
         let r = req.into_inner();
-        if r.reason.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "reason: is empty; say why, for the audit history",
-            ));
-        }
+        need_reason(&r.reason)?;
         let alias = self.alias_or_default(&r.alias);
         let expect = if r.expect.is_empty() {
             Expect::Any
@@ -160,5 +180,60 @@ impl Registry for RegistryService {
         Ok(Response::new(pb::AliasHistoryResponse {
             moves: h.into_iter().map(alias_move).collect(),
         }))
+    }
+
+    async fn set_traffic(
+        &self,
+        req: Request<pb::SetTrafficRequest>,
+    ) -> Result<Response<pb::TrafficChange>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        need_reason(&r.reason)?;
+        let alias = self.alias_or_default(&r.alias);
+        let experiment = Experiment {
+            salt: if r.salt.is_empty() {
+                r.experiment.clone()
+            } else {
+                r.salt
+            },
+            name: r.experiment,
+            arms: r
+                .arms
+                .into_iter()
+                .map(|a| Arm {
+                    name: a.name,
+                    version: a.version,
+                    weight: a.weight,
+                })
+                .collect(),
+            shadow: r.shadow,
+            holdout: r.holdout,
+        };
+        let rec = self
+            .models
+            .registry()
+            .set_traffic(&alias, experiment, r.expect_seq, &mv(r.actor, r.reason))
+            .await
+            .map_err(registry_status)?;
+        self.follow_up(&alias).await;
+        Ok(Response::new(traffic_change(rec)))
+    }
+
+    async fn stop_traffic(
+        &self,
+        req: Request<pb::StopTrafficRequest>,
+    ) -> Result<Response<pb::TrafficChange>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        need_reason(&r.reason)?;
+        let alias = self.alias_or_default(&r.alias);
+        let rec = self
+            .models
+            .registry()
+            .stop_traffic(&alias, r.expect_seq, &mv(r.actor, r.reason))
+            .await
+            .map_err(registry_status)?;
+        self.follow_up(&alias).await;
+        Ok(Response::new(traffic_change(rec)))
     }
 }

@@ -8,15 +8,21 @@ use tonic::{Code, Request, Response, Status};
 use super::convert;
 use super::metrics::Metrics;
 use super::models::Models;
-use crate::features::FEATURE_NAMES;
+use super::shadow::{ShadowJob, Shadows};
+use crate::exposure::{Exposure, ExposureLog};
+use crate::features::{FeatureVector, FEATURE_NAMES};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_server::Scoring;
+use crate::registry::HOLDOUT_ARM;
+use crate::routing::{Route, Routing};
 use crate::scoring::{self, Limits, Model, ScoringError};
 
 pub struct ScoringService {
     pub models: Arc<Models>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    pub shadows: Shadows,
+    pub exposures: Option<ExposureLog>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ScoringError {
@@ -26,26 +32,82 @@ fn invalid(field: &str, message: impl Into<String>) -> ScoringError {
     }
 }
 
+/// What a request (or a batch) reads once, so a swap mid-batch never mixes states.
+struct Snapshot {
+    active: Option<Arc<Model>>,
+    routing: Option<Arc<Routing>>,
+}
+
+/// Who answers one item.
+enum Answerer<'a> {
+    /// The alias's version, or a pinned one: no experiment.
+    Plain(Arc<Model>),
+    Arm {
+        routing: &'a Arc<Routing>,
+        arm: &'a str,
+        model: &'a Arc<Model>,
+    },
+    /// In the experiment's holdout; the model only supplies the schema to check input with.
+    Holdout {
+        routing: &'a Arc<Routing>,
+        model: &'a Arc<Model>,
+    },
+}
+
+impl Answerer<'_> {
+    fn model(&self) -> &Model {
+        match self {
+            Answerer::Plain(m) => m,
+            Answerer::Arm { model, .. } | Answerer::Holdout { model, .. } => model,
+        }
+    }
+}
+
 impl ScoringService {
-    /// The model for an item: its pinned version, or the active one taken once per request.
-    async fn model_for(
-        &self,
-        item: &pb::ScoreRequest,
-        active: &Option<Arc<Model>>,
-    ) -> Result<Arc<Model>, ScoringError> {
-        if item.version.is_empty() {
-            active.clone().ok_or(ScoringError::NotReady)
-        } else {
-            self.models.pinned(&item.version).await
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            active: self.models.active(),
+            routing: self.models.routing(),
         }
     }
 
-    fn score_item(
+    /// A pinned version bypasses the experiment; otherwise a running experiment routes by
+    /// customer, and without one the alias's version answers.
+    async fn answerer<'a>(
         &self,
-        model: &Model,
+        item: &pb::ScoreRequest,
+        snap: &'a Snapshot,
+    ) -> Result<Answerer<'a>, ScoringError> {
+        if !item.version.is_empty() {
+            return Ok(Answerer::Plain(self.models.pinned(&item.version).await?));
+        }
+        if let Some(routing) = &snap.routing {
+            return Ok(match routing.route(&item.customer_id) {
+                Route::Arm { arm, model } => Answerer::Arm {
+                    routing,
+                    arm,
+                    model,
+                },
+                Route::Holdout => Answerer::Holdout {
+                    routing,
+                    model: routing.any_model(),
+                },
+            });
+        }
+        snap.active
+            .clone()
+            .map(Answerer::Plain)
+            .ok_or(ScoringError::NotReady)
+    }
+
+    /// Validates and scores one item: the same path for Score and each BatchScore item.
+    async fn score_one(
+        &self,
         item: pb::ScoreRequest,
+        snap: &Snapshot,
         batch_names: &[String],
         now: i64,
+        start: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ScoringError> {
         if item.customer_id.is_empty() {
             return Err(invalid("customer_id", "is empty"));
@@ -53,14 +115,19 @@ impl ScoringService {
         if item.customer_id.len() > 256 {
             return Err(invalid("customer_id", "is longer than 256 bytes"));
         }
-        let f = match &item.input {
+        let who = self.answerer(&item, snap).await?;
+        let model = who.model();
+        let (f, as_of) = match &item.input {
             Some(pb::score_request::Input::Features(fs)) => {
                 let names = if fs.names.is_empty() {
                     batch_names
                 } else {
                     &fs.names[..]
                 };
-                scoring::features_from_named(model.schema(), names, &fs.values)?
+                (
+                    scoring::features_from_named(model.schema(), names, &fs.values)?,
+                    now,
+                )
             }
             Some(pb::score_request::Input::History(h)) => {
                 let as_of = match &item.as_of {
@@ -68,12 +135,90 @@ impl ScoringService {
                     None => now,
                 };
                 let txs = convert::transactions(h, &self.limits)?;
-                scoring::features_from_history(&txs, as_of, &self.limits)?
+                (
+                    scoring::features_from_history(&txs, as_of, &self.limits)?,
+                    as_of,
+                )
             }
             None => return Err(invalid("input", "give either features or history")),
         };
+        let (routing, arm) = match &who {
+            Answerer::Plain(_) => {
+                return Ok(self.scored(model, item, &f));
+            }
+            Answerer::Arm { routing, arm, .. } => (*routing, *arm),
+            Answerer::Holdout { routing, .. } => (*routing, HOLDOUT_ARM),
+        };
+        let exp = routing.experiment.as_str();
+        let mut resp = if matches!(who, Answerer::Holdout { .. }) {
+            pb::ScoreResponse {
+                customer_id: item.customer_id,
+                horizon_days: model.bundle.horizon_days,
+                holdout: true,
+                ..Default::default()
+            }
+        } else {
+            let r = self.scored(model, item, &f);
+            let labels = [exp, arm, model.version.as_str()];
+            self.metrics
+                .exp_churn
+                .with_label_values(&labels)
+                .observe(r.churn_probability);
+            self.metrics
+                .exp_clv
+                .with_label_values(&labels)
+                .observe(r.clv);
+            if !routing.shadows.is_empty() {
+                self.shadows.submit(ShadowJob {
+                    routing: routing.clone(),
+                    version: model.version.clone(),
+                    churn: r.churn_probability,
+                    clv: r.clv,
+                    features: f,
+                });
+            }
+            r
+        };
+        resp.experiment = exp.to_string();
+        resp.arm = arm.to_string();
+        self.metrics
+            .exp_requests
+            .with_label_values(&[exp, arm, resp.model_version.as_str()])
+            .inc();
+        if let Some(start) = start {
+            self.metrics
+                .exp_latency
+                .with_label_values(&[exp, arm])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        if let Some(log) = &self.exposures {
+            let queued = log.record(Exposure {
+                customer: log.key().hash(&resp.customer_id),
+                experiment: resp.experiment.clone(),
+                arm: resp.arm.clone(),
+                version: resp.model_version.clone(),
+                churn_probability: (!resp.holdout).then_some(resp.churn_probability),
+                clv: (!resp.holdout).then_some(resp.clv),
+                horizon_days: resp.horizon_days,
+                as_of: rfc3339(as_of),
+                at: rfc3339(now),
+            });
+            self.metrics
+                .exposures
+                .with_label_values(&[if queued { "queued" } else { "dropped" }])
+                .inc();
+        }
+        Ok(resp)
+    }
+
+    fn scored(
+        &self,
+        model: &Model,
+        item: pb::ScoreRequest,
+        f: &FeatureVector,
+    ) -> pb::ScoreResponse {
         let explain = item.explain;
-        let scored = scoring::score(model, &f, explain);
+        let scored = scoring::score(model, f, explain);
         let mut resp = convert::response(
             item.customer_id,
             scored,
@@ -86,7 +231,7 @@ impl ScoringService {
                 values: f.to_vec(),
             });
         }
-        Ok(resp)
+        resp
     }
 
     fn observe(&self, method: &str, code: Code, version: &str, start: Instant) {
@@ -99,6 +244,12 @@ impl ScoringService {
             .with_label_values(&[method])
             .observe(start.elapsed().as_secs_f64());
     }
+}
+
+fn rfc3339(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 pub fn code_name(c: Code) -> &'static str {
@@ -127,22 +278,14 @@ impl Scoring for ScoringService {
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let start = Instant::now();
         let item = req.into_inner();
-        let active = if item.version.is_empty() {
-            self.models.active()
-        } else {
-            None
-        };
-        let result = match self.model_for(&item, &active).await {
-            Ok(model) => self.score_item(&model, item, &[], now()),
-            Err(e) => Err(e),
-        };
-        match result {
+        let snap = self.snapshot();
+        match self.score_one(item, &snap, &[], now(), Some(start)).await {
             Ok(r) => {
                 self.observe("Score", Code::Ok, &r.model_version, start);
                 Ok(Response::new(r))
             }
             Err(e) => {
-                let version = active.as_ref().map_or("", |m| m.version.as_str());
+                let version = snap.active.as_ref().map_or("", |m| m.version.as_str());
                 self.observe("Score", convert::scoring_code(&e), version, start);
                 Err(convert::scoring_status(e))
             }
@@ -163,16 +306,15 @@ impl Scoring for ScoringService {
                 self.limits.max_batch
             )));
         }
-        // One active version for the whole batch: a swap mid-batch never mixes versions.
-        let active = self.models.active();
+        // One state for the whole batch: a swap mid-batch never mixes versions or routings.
+        let snap = self.snapshot();
         let now = now();
         let mut results = Vec::with_capacity(batch.items.len());
         let (mut ok, mut failed) = (0u64, 0u64);
         for (index, item) in batch.items.into_iter().enumerate() {
-            let r = match self.model_for(&item, &active).await {
-                Ok(model) => self.score_item(&model, item, &batch.feature_names, now),
-                Err(e) => Err(e),
-            };
+            let r = self
+                .score_one(item, &snap, &batch.feature_names, now, None)
+                .await;
             let result = match r {
                 Ok(s) => {
                     ok += 1;
@@ -205,7 +347,7 @@ impl Scoring for ScoringService {
             .batch_items
             .with_label_values(&["error"])
             .inc_by(failed);
-        let version = active.as_ref().map_or("", |m| m.version.as_str());
+        let version = snap.active.as_ref().map_or("", |m| m.version.as_str());
         self.observe("BatchScore", Code::Ok, version, start);
         Ok(Response::new(pb::BatchScoreResponse { results }))
     }

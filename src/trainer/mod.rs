@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod dataset;
 pub mod eval;
+pub mod experiment;
 pub mod fit;
 pub mod generate;
 pub mod load;

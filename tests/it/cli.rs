@@ -137,6 +137,90 @@ fn promote_compare_and_roll_back_from_the_cli() {
 }
 
 /// Training and promotion against S3 by URL, configured by the usual AWS variables.
+/// An experiment from the command line: set, show, a refused change, stop, history.
+#[test]
+fn traffic_set_show_stop_and_history_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = Registry::open(path).unwrap();
+    rt.block_on(async {
+        publish(&reg, "v001").await;
+        publish(&reg, "v002").await;
+    });
+    let set = |extra: &[&str]| {
+        let mut args = vec![
+            "traffic",
+            "set",
+            "--experiment",
+            "churn-v2",
+            "--arm",
+            "control=v001:90",
+            "--reason",
+            "try v002",
+        ];
+        args.extend_from_slice(extra);
+        cli(path, &args)
+    };
+    let out = ok(&set(&["--arm", "challenger=v002:10", "--holdout", "0.1"]));
+    assert!(out.contains("traffic record 1 (set by tester"), "{out}");
+    let show = ok(&cli(path, &["traffic", "show"]));
+    assert!(show.contains("experiment churn-v2"), "{show}");
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("control") && l.contains("v001") && l.contains("81.0%")),
+        "{show}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("holdout") && l.contains("10.0%")),
+        "{show}"
+    );
+
+    // Refusals name the problem and change nothing.
+    let bad = set(&["--arm", "challenger=v002"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("no ':WEIGHT'"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let missing = set(&["--arm", "challenger=v404:10"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("v404"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let stale = cli(
+        path,
+        &["traffic", "stop", "--expect-seq", "0", "--reason", "r"],
+    );
+    assert_eq!(stale.status.code(), Some(3), "{}", text(&stale.stderr));
+    assert!(
+        text(&stale.stderr).contains("at record 1"),
+        "{}",
+        text(&stale.stderr)
+    );
+
+    let stop = ok(&cli(
+        path,
+        &["traffic", "stop", "--expect-seq", "1", "--reason", "done"],
+    ));
+    assert!(stop.contains("all traffic follows the alias"), "{stop}");
+    let again = cli(path, &["traffic", "stop", "--reason", "again"]);
+    assert!(
+        text(&again.stderr).contains("no experiment running"),
+        "{}",
+        text(&again.stderr)
+    );
+    let history = ok(&cli(path, &["traffic", "history"]));
+    let rows: Vec<&str> = history.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{history}");
+    assert!(rows[0].contains("set") && rows[0].contains("control=v001:90 challenger=v002:10"));
+    assert!(rows[1].contains("stop") && rows[1].contains("done"));
+}
+
 #[test]
 fn train_and_promote_on_s3_by_url() {
     let moto = Moto::start();

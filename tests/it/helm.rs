@@ -42,6 +42,7 @@ fn a_broken_value_fails_the_check() {
         ("server.logFormat=\"xml\"", "/server/logFormat"),
         ("server.pollIntervalSecs=0", "/server/pollIntervalSecs"),
         ("server.unknownFlag=1", "unknownFlag"),
+        ("server.exposureLog=\"s3://b/x\"", "exposureKey"),
     ] {
         let out = check(&["--set", set]);
         assert!(!out.status.success(), "{set} should fail the check");

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real files, real binaries, real servers on loopback.
 
 mod cli;
+mod experiment;
 mod helm;
 mod moto;
 mod registry;

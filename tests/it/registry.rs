@@ -7,7 +7,8 @@ use object_store::{memory::InMemory, path::Path, ObjectStore, ObjectStoreExt, Pu
 use tokio::sync::Barrier;
 
 use loyalscore::model::{BUNDLE_FILE, MANIFEST_FILE};
-use loyalscore::registry::{Expect, Move, Registry, RegistryError};
+use loyalscore::registry::{Expect, Experiment, Move, Registry, RegistryError};
+use loyalscore::routing::Arm;
 
 use crate::moto::Moto;
 use crate::support::{publish, version};
@@ -25,6 +26,90 @@ async fn put(store: &Arc<dyn ObjectStore>, root: &Path, key: &str, bytes: &'stat
         p = p.join(part);
     }
     store.put(&p, PutPayload::from_static(bytes)).await.unwrap();
+}
+
+fn experiment(salt: &str, challenger: &str, weights: [u32; 2]) -> Experiment {
+    Experiment {
+        name: "exp".into(),
+        salt: salt.into(),
+        arms: vec![
+            Arm {
+                name: "control".into(),
+                version: "v001".into(),
+                weight: weights[0],
+            },
+            Arm {
+                name: "challenger".into(),
+                version: challenger.into(),
+                weight: weights[1],
+            },
+        ],
+        shadow: vec![],
+        holdout: 0.0,
+    }
+}
+
+/// Traffic documents: a race on one record has exactly one winner, bad documents write
+/// nothing, and stop and history behave.
+async fn traffic_contract(reg: &Registry) {
+    assert_eq!(reg.traffic("production").await.unwrap(), None);
+    let barrier = Arc::new(Barrier::new(6));
+    let racers: Vec<_> = (0..6)
+        .map(|k| {
+            let (reg, barrier) = (reg.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                reg.set_traffic(
+                    "production",
+                    experiment(&format!("salt-{k}"), "v002", [90, 10]),
+                    Some(0),
+                    &who(&format!("racer{k}"), "race"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(rec) => {
+                wins += 1;
+                assert_eq!(rec.seq, 1);
+            }
+            Err(RegistryError::TrafficMoved { actual: 1, .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    for (bad, needle) in [
+        (experiment("s", "v002", [0, 0]), "every weight is 0"),
+        (experiment("s", "v404", [1, 1]), "v404"),
+        (experiment("", "v002", [1, 1]), "salt"),
+    ] {
+        let err = reg
+            .set_traffic("production", bad, None, &who("eve", "bad"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    assert_eq!(reg.traffic_history("production").await.unwrap().len(), 1);
+    let stop = reg
+        .stop_traffic("production", Some(1), &who("ann", "done"))
+        .await
+        .unwrap();
+    assert_eq!((stop.seq, stop.experiment.is_none()), (2, true));
+    assert!(matches!(
+        reg.stop_traffic("production", None, &who("ann", "again"))
+            .await,
+        Err(RegistryError::NoExperiment(_))
+    ));
+    let h = reg.traffic_history("production").await.unwrap();
+    assert_eq!(
+        h.iter()
+            .map(|r| (r.seq, r.action.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "set"), (2, "stop")]
+    );
 }
 
 async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
@@ -303,6 +388,7 @@ async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
         .await
         .is_err());
     assert_eq!(reg.alias("production").await.unwrap().unwrap(), before);
+    traffic_contract(&reg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

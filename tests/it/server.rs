@@ -42,6 +42,9 @@ impl TestServer {
             log_format: "text".into(),
             log: "warn".into(),
             admin_token: Some(TOKEN.into()),
+            exposure_log: None,
+            exposure_key: None,
+            shadow_queue: 10_000,
         };
         tweak(&mut config);
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -164,7 +167,7 @@ pub async fn until_serving(server: &TestServer) {
     wait_for(async || server.health("").await == ServingStatus::Serving).await;
 }
 
-async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
+pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
         if f().await {
             return;

@@ -64,38 +64,65 @@ use loyalscore::trainer::{
     load_transactions, train, FitOptions, LoadOptions, Overrides, RunInfo, Silent,
 };
 
+/// Trains both forests on a CSV log with `n_trees` trees of at most `depth` levels.
+pub fn train_on(csv: &[u8], n_trees: usize, depth: u16, seed: u64) -> (Manifest, Bytes) {
+    let log = load_transactions(csv, "fixture.csv", &LoadOptions::default(), |_| {}).unwrap();
+    let small = Overrides {
+        max_depth: Some(Some(depth)),
+        min_samples_leaf: Some(20),
+    };
+    let fit = FitOptions {
+        n_trees,
+        churn: small.clone(),
+        clv: small,
+        force: true,
+        seed,
+        ..FitOptions::default()
+    };
+    let run = RunInfo {
+        args: vec!["test".into()],
+        created_at: chrono::Utc::now(),
+    };
+    let t = train(&log, &fit, &run, &Silent).unwrap();
+    (t.manifest, Bytes::from(t.bundle_bytes))
+}
+
+fn fixture_log(seed: u64) -> Vec<u8> {
+    let opts = GenerateOptions {
+        customers: 800,
+        seed,
+        start: parse_timestamp("2023-01-01").unwrap(),
+        days: 700,
+    };
+    let mut buf = Vec::new();
+    generate(&opts, &mut buf, &|_| {}).unwrap();
+    buf
+}
+
 /// A small real model, trained once per test binary.
 fn fixture() -> &'static (Manifest, Bytes) {
     static F: OnceLock<(Manifest, Bytes)> = OnceLock::new();
-    F.get_or_init(|| {
-        let opts = GenerateOptions {
-            customers: 800,
-            seed: 21,
-            start: parse_timestamp("2023-01-01").unwrap(),
-            days: 700,
-        };
-        let mut buf = Vec::new();
-        generate(&opts, &mut buf, &|_| {}).unwrap();
-        let log =
-            load_transactions(&buf[..], "fixture.csv", &LoadOptions::default(), |_| {}).unwrap();
-        let small = Overrides {
-            max_depth: Some(Some(6)),
-            min_samples_leaf: Some(20),
-        };
-        let fit = FitOptions {
-            n_trees: 4,
-            churn: small.clone(),
-            clv: small,
-            force: true,
-            ..FitOptions::default()
-        };
-        let run = RunInfo {
-            args: vec!["test".into()],
-            created_at: chrono::Utc::now(),
-        };
-        let t = train(&log, &fit, &run, &Silent).unwrap();
-        (t.manifest, Bytes::from(t.bundle_bytes))
-    })
+    F.get_or_init(|| train_on(&fixture_log(21), 4, 6, 7))
+}
+
+/// Another small model, on other customers: its scores differ from [`fixture`]'s.
+fn other_fixture() -> &'static (Manifest, Bytes) {
+    static F: OnceLock<(Manifest, Bytes)> = OnceLock::new();
+    F.get_or_init(|| train_on(&fixture_log(22), 4, 6, 8))
+}
+
+/// [`other_fixture`] published as `id`.
+pub async fn publish_other(reg: &Registry, id: &str) {
+    publish_model(reg, id, other_fixture()).await;
+}
+
+/// A trained model published as `id`.
+pub async fn publish_model(reg: &Registry, id: &str, model: &(Manifest, Bytes)) {
+    let mut m = model.0.clone();
+    m.version = id.to_string();
+    reg.publish(&m, &[(BUNDLE_FILE, model.1.clone())])
+        .await
+        .unwrap();
 }
 
 /// The fixture model under another version id.
