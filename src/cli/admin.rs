@@ -46,6 +46,8 @@ pub enum Cmd {
     Traffic(super::traffic::TrafficCmd),
     /// Score one customer with a running server.
     Score(super::client::ScoreArgs),
+    /// Score every customer of a transaction log with a running server (CSV out).
+    ScoreLog(super::score_log::ScoreLogArgs),
     /// Load-test a running server (req/s and latency percentiles).
     Bench(super::bench::BenchArgs),
     /// Sample data, a trained version promoted to production, and a server on 127.0.0.1:50051.
@@ -129,6 +131,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Score(a) = cli.cmd {
         return rt.block_on(super::client::score(a, cli.json));
     }
+    if let Cmd::ScoreLog(a) = cli.cmd {
+        return super::score_log::run(a, &rt);
+    }
     if let Cmd::Bench(a) = cli.cmd {
         return rt.block_on(super::bench::run(a));
     }
@@ -138,7 +143,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let reg = Registry::open(&cli.registry)?;
     rt.block_on(async {
         match cli.cmd {
-            Cmd::Score(_) | Cmd::Bench(_) | Cmd::Quickstart(_) => unreachable!("handled above"),
+            Cmd::Score(_) | Cmd::ScoreLog(_) | Cmd::Bench(_) | Cmd::Quickstart(_) => {
+                unreachable!("handled above")
+            }
             Cmd::Traffic(cmd) => super::traffic::run(&reg, cmd, cli.json).await,
             Cmd::Models(ModelsCmd::List) => models_list(&reg, cli.json).await,
             Cmd::Models(ModelsCmd::Show { version }) => {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod bench;
 pub mod client;
 pub mod progress;
+pub mod score_log;
 pub mod serve;
 pub mod traffic;
 pub mod train;

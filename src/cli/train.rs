@@ -413,7 +413,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Reads a transaction log from a path or URL, with a progress bar.
-fn load_log(
+pub(crate) fn load_log(
     src: &str,
     max_bad_share: f64,
     rt: &tokio::runtime::Runtime,

@@ -113,6 +113,8 @@ pub struct TransactionLog {
     offsets: Vec<usize>,
     rows: Vec<LogRow>,
     pub quality: DataQuality,
+    /// Channel id to the name it was hashed from, so a history can be sent on as it came.
+    pub channel_names: HashMap<u32, String>,
 }
 
 impl TransactionLog {
@@ -348,6 +350,7 @@ pub fn load_transactions<R: Read>(
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut ids: Vec<String> = Vec::new();
     let mut rows: Vec<LogRow> = Vec::new();
+    let mut channel_names: HashMap<u32, String> = HashMap::new();
     let mut rec = csv::StringRecord::new();
     loop {
         match rdr.read_record(&mut rec) {
@@ -387,6 +390,11 @@ pub fn load_transactions<R: Read>(
                     next
                 });
                 row.cust = cust;
+                if row.channel != 0 && !channel_names.contains_key(&row.channel) {
+                    if let Some(name) = cols.channel.and_then(|i| rec.get(i)) {
+                        channel_names.insert(row.channel, name.to_string());
+                    }
+                }
                 q.first_ts = q.first_ts.min(row.ts);
                 q.last_ts = q.last_ts.max(row.ts);
                 rows.push(row);
@@ -421,7 +429,9 @@ pub fn load_transactions<R: Read>(
         });
     }
     drop(index);
-    Ok(group(rows, ids, q))
+    let mut log = group(rows, ids, q);
+    log.channel_names = channel_names;
+    Ok(log)
 }
 
 fn reject(q: &mut DataQuality, reason: RejectReason, line: u64, msg: &str) {
@@ -458,6 +468,7 @@ fn group(mut rows: Vec<LogRow>, ids: Vec<String>, mut q: DataQuality) -> Transac
         offsets,
         rows,
         quality: q,
+        channel_names: HashMap::new(),
     }
 }
 

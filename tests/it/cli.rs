@@ -377,6 +377,27 @@ async fn quickstart_score_client_and_offline_scoring() {
         "{}",
         text(&out.stderr)
     );
+
+    // The whole log through the server, as of a date.
+    let online = dir.path().join("online.csv");
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "score-log",
+            "--server",
+            &addr,
+            "--transactions",
+            data.to_str().unwrap(),
+            "--as-of",
+            "2025-06-30",
+            "--batch",
+            "400",
+            "--out",
+            online.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let online_msg = ok(&out);
     server.stop().await;
 
     // Offline batch scoring of the same log with the production version.
@@ -411,4 +432,23 @@ async fn quickstart_score_client_and_offline_scoring() {
     );
     let version = v["model_version"].as_str().unwrap();
     assert!(rows.iter().all(|r| r.ends_with(version)));
+
+    // The server, fed the raw histories, gives every customer the offline score exactly.
+    let online_csv = std::fs::read_to_string(&online).unwrap();
+    let mut online_lines = online_csv.lines();
+    assert_eq!(
+        online_lines.next(),
+        Some("customer_id,churn_probability,clv,segment,model_version,experiment,arm")
+    );
+    let parse = |r: &str| {
+        let c: Vec<&str> = r.split(',').collect();
+        let num = |s: &str| s.parse::<f64>().unwrap();
+        (c[0].to_string(), (num(c[1]), num(c[2]), c[3].to_string()))
+    };
+    let online: std::collections::HashMap<_, _> = online_lines.map(parse).collect();
+    assert_eq!(online.len(), rows.len(), "{online_msg}");
+    for r in &rows {
+        let (id, offline) = parse(r);
+        assert_eq!(online.get(&id), Some(&offline), "customer {id}");
+    }
 }
