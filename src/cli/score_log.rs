@@ -10,6 +10,7 @@ use clap::Args;
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
 use crate::trainer::time::parse_as_of;
+use tonic::transport::Channel;
 
 #[derive(Args, Debug)]
 pub struct ScoreLogArgs {
@@ -38,6 +39,37 @@ pub struct ScoreLogArgs {
     /// Stop reading the transactions past this share of bad rows.
     #[arg(long, default_value_t = 0.01)]
     pub max_bad_share: f64,
+    /// Seconds to wait for the server to be up with a model loaded (a job started beside it).
+    #[arg(long, default_value_t = 30)]
+    pub wait_secs: u64,
+}
+
+/// Connects once the server answers and reports a model loaded, or gives up after `wait`.
+async fn ready_channel(server: &str, wait: std::time::Duration) -> anyhow::Result<Channel> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let deadline = std::time::Instant::now() + wait;
+    let endpoint = Channel::from_shared(server.to_string())
+        .with_context(|| format!("--server {server:?} is not a URL"))?;
+    loop {
+        let why = match endpoint.connect().await {
+            Ok(ch) => {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: "loyalscore.v1.Scoring".into(),
+                };
+                match health.check(req).await {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(ch),
+                    Ok(_) => "no model loaded yet".to_string(),
+                    Err(s) => s.message().to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("{server} is not ready after {} s: {why}", wait.as_secs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -59,9 +91,8 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         "customer_id,churn_probability,clv,segment,model_version,experiment,arm"
     )?;
     let (scored, failed) = rt.block_on(async {
-        let mut client = ScoringClient::connect(a.server.clone())
-            .await
-            .with_context(|| format!("connecting to {}", a.server))?
+        let channel = ready_channel(&a.server, std::time::Duration::from_secs(a.wait_secs)).await?;
+        let mut client = ScoringClient::new(channel)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
         let customers: Vec<usize> = (0..log.n_customers())
