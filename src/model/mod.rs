@@ -31,3 +31,13 @@ pub enum ModelError {
     #[error("inconsistent model: {0}")]
     Inconsistent(String),
 }
+
+/// Names that become object-store path segments (version ids, aliases, experiments, arms):
+/// letters, digits, '.', '_' and '-', at most 128, not starting with '.'.
+pub fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

@@ -108,13 +108,7 @@ pub struct Registry {
 
 /// Version ids become path segments: keep them to a safe alphabet.
 pub fn check_version_id(id: &str) -> Result<(), RegistryError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::model::is_safe_name(id) {
         Ok(())
     } else {
         Err(RegistryError::BadVersionId(id.to_string()))

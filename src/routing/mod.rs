@@ -128,9 +128,9 @@ impl Experiment {
     }
 }
 
-/// Names and version ids become object-store path segments: the registry's alphabet.
+/// Names and version ids become object-store path segments.
 fn is_id(s: &str) -> bool {
-    crate::registry::check_version_id(s).is_ok()
+    crate::model::is_safe_name(s)
 }
 
 /// Where one customer goes.
