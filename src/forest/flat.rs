@@ -6,6 +6,14 @@
 //! touches one array. The mean target of every node (internal ones too) is kept apart in
 //! `values`, only for reasons. Trees are summed in smartcore's order and divided by the tree
 //! count, exactly as smartcore does, which makes predictions bit-identical.
+//!
+//! Prediction walks a second copy of the nodes, built on first use and never stored, in which
+//! a leaf points at itself and splits on a padding slot that always sends it "left": every
+//! walk then takes a fixed number of steps with no exit test, so sixteen trees (or rows)
+//! are walked in lockstep and their memory loads overlap. The leaf values are still added in
+//! tree order, so the result does not change by a bit.
+
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,13 +39,70 @@ pub struct FlatNode {
     pub left: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlatForest {
     n_features: u32,
     roots: Vec<u32>,
     nodes: Vec<FlatNode>,
     /// Mean target of the training samples that reached each node.
     values: Vec<f64>,
+    /// The walking layout, derived from `nodes` on first use.
+    #[serde(skip)]
+    walk: OnceLock<Walk>,
+}
+
+/// The walking layout is derived, so it takes no part in equality.
+impl PartialEq for FlatForest {
+    fn eq(&self, other: &Self) -> bool {
+        self.n_features == other.n_features
+            && self.roots == other.roots
+            && self.nodes == other.nodes
+            && self.values == other.values
+    }
+}
+
+/// Trees walked together: enough independent loads in flight to hide cache misses (16 beat 8
+/// by 19% on one row, `cargo bench --bench scoring`).
+const LANES: usize = 16;
+
+/// The lockstep layout: leaves are fixed points (`left` is themselves, the split is on the
+/// padding slot `n_features`, which holds -inf, so `x <= t` always holds and the walk stays).
+/// A leaf keeps its value in `threshold`.
+#[derive(Debug, Clone, PartialEq)]
+struct Walk {
+    nodes: Vec<FlatNode>,
+    /// Steps that take every tree of group `g` (trees `g*LANES..`) to its leaf.
+    group_depth: Vec<u32>,
+}
+
+/// A row with the padding slot appended, on the stack for the usual widths.
+struct Padded {
+    buf: [f64; 64],
+    heap: Vec<f64>,
+}
+
+impl Padded {
+    fn new(x: &[f64]) -> Self {
+        let mut p = Padded {
+            buf: [f64::NEG_INFINITY; 64],
+            heap: Vec::new(),
+        };
+        if x.len() < 64 {
+            p.buf[..x.len()].copy_from_slice(x);
+        } else {
+            p.heap = x.to_vec();
+            p.heap.push(f64::NEG_INFINITY);
+        }
+        p
+    }
+
+    fn get(&self) -> &[f64] {
+        if self.heap.is_empty() {
+            &self.buf
+        } else {
+            &self.heap
+        }
+    }
 }
 
 /// A prediction split into the forest's mean (`bias`) and one additive part per feature,
@@ -66,6 +131,7 @@ impl FlatForest {
             roots: Vec::with_capacity(trees.len()),
             nodes: Vec::new(),
             values: Vec::new(),
+            walk: OnceLock::new(),
         };
         for tree in &trees {
             let base = out.nodes.len();
@@ -123,7 +189,49 @@ impl FlatForest {
             }));
             out.values.extend_from_slice(&p.values);
         }
+        out.walk = OnceLock::new();
         Ok(out)
+    }
+
+    /// Builds the walking layout (see the module docs). Needs a validated forest.
+    fn build_walk(&self) -> Walk {
+        let pad = self.n_features;
+        let mut depth = vec![0u32; self.nodes.len()];
+        let mut nodes = self.nodes.clone();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if n.feature == LEAF {
+                n.feature = pad;
+                n.left = i as u32;
+            } else {
+                // Children lie after their parent (validated), so one forward pass suffices.
+                let l = n.left as usize;
+                depth[l] = depth[i] + 1;
+                depth[l + 1] = depth[i] + 1;
+            }
+        }
+        // Each tree's nodes run from its root to the next tree's root.
+        let mut bounds: Vec<usize> = self.roots.iter().map(|&r| r as usize).collect();
+        bounds.push(self.nodes.len());
+        let tree_depth: Vec<u32> = bounds
+            .windows(2)
+            .map(|w| depth[w[0]..w[1]].iter().copied().max().unwrap_or(0))
+            .collect();
+        Walk {
+            nodes,
+            group_depth: tree_depth
+                .chunks(LANES)
+                .map(|c| c.iter().copied().max().unwrap_or(0))
+                .collect(),
+        }
+    }
+
+    fn walk(&self) -> &Walk {
+        self.walk.get_or_init(|| self.build_walk())
+    }
+
+    /// Builds the walking layout now rather than on the first prediction.
+    pub fn warm(&self) {
+        let _ = self.walk();
     }
 
     /// Checks everything prediction relies on, so that a decoded artifact cannot make the hot
@@ -140,11 +248,14 @@ impl FlatForest {
             ));
         }
         for (k, &r) in self.roots.iter().enumerate() {
-            if r as usize >= n {
+            if r as usize >= n || (k > 0 && r <= self.roots[k - 1]) {
                 return Err(ForestError::Malformed(format!(
-                    "root of tree {k} is out of range"
+                    "root of tree {k} is out of range or out of order"
                 )));
             }
+        }
+        if self.n_features >= LEAF {
+            return Err(ForestError::Malformed("too many features".into()));
         }
         for (i, node) in self.nodes.iter().enumerate() {
             if !node.threshold.is_finite() || !self.values[i].is_finite() {
@@ -178,37 +289,66 @@ impl FlatForest {
         self.nodes.len()
     }
 
-    #[inline]
-    fn leaf_index(&self, root: u32, x: &[f64]) -> usize {
-        let mut i = root as usize;
-        loop {
-            let n = &self.nodes[i];
-            if n.feature == LEAF {
-                return i;
-            }
-            i = n.left as usize + usize::from(goes_right(x[n.feature as usize], n.threshold));
-        }
-    }
-
     /// Predicts one row (`x.len() == n_features`).
     pub fn predict_row(&self, x: &[f64]) -> f64 {
         debug_assert_eq!(x.len(), self.n_features());
+        let walk = self.walk();
+        let padded = Padded::new(x);
+        let x = padded.get();
+        let nodes = &walk.nodes[..];
         let mut sum = 0.0;
-        for &r in &self.roots {
-            sum += self.nodes[self.leaf_index(r, x)].threshold;
+        for (group, roots) in self.roots.chunks(LANES).enumerate() {
+            let mut at = [0usize; LANES];
+            for (a, &r) in at.iter_mut().zip(roots) {
+                *a = r as usize;
+            }
+            let at = &mut at[..roots.len()];
+            for _ in 0..walk.group_depth[group] {
+                for a in at.iter_mut() {
+                    let n = &nodes[*a];
+                    *a = n.left as usize
+                        + usize::from(goes_right(x[n.feature as usize], n.threshold));
+                }
+            }
+            // Tree order within and across groups: the same sum as smartcore's.
+            for &a in at.iter() {
+                sum += nodes[a].threshold;
+            }
         }
         sum / self.roots.len() as f64
     }
 
-    /// Predicts every row, tree by tree: a tree's nodes stay in cache while all rows pass
-    /// through it. Per row the sum runs in the same order as [`predict_row`], so results are
-    /// identical.
+    /// Predicts every row, tree by tree (a tree's nodes stay in cache while the rows pass
+    /// through it, sixteen rows in lockstep). Per row the sum runs in tree order, as in
+    /// [`predict_row`], so results are identical.
     pub fn predict(&self, x: &Matrix) -> Vec<f64> {
         debug_assert_eq!(x.n_cols, self.n_features());
+        let walk = self.walk();
+        let nodes = &walk.nodes[..];
+        let width = x.n_cols + 1;
+        let mut padded = Vec::with_capacity(x.n_rows * width);
+        for r in 0..x.n_rows {
+            padded.extend_from_slice(x.row(r));
+            padded.push(f64::NEG_INFINITY);
+        }
         let mut sums = vec![0.0; x.n_rows];
-        for &r in &self.roots {
-            for (row, s) in sums.iter_mut().enumerate() {
-                *s += self.nodes[self.leaf_index(r, x.row(row))].threshold;
+        for (t, &root) in self.roots.iter().enumerate() {
+            let depth = walk.group_depth[t / LANES];
+            for (block, s) in sums.chunks_mut(LANES).enumerate() {
+                let first = block * LANES;
+                let mut at = [root as usize; LANES];
+                let at = &mut at[..s.len()];
+                for _ in 0..depth {
+                    for (k, a) in at.iter_mut().enumerate() {
+                        let n = &nodes[*a];
+                        let xr = &padded[(first + k) * width..(first + k + 1) * width];
+                        *a = n.left as usize
+                            + usize::from(goes_right(xr[n.feature as usize], n.threshold));
+                    }
+                }
+                for (s, &a) in s.iter_mut().zip(at.iter()) {
+                    *s += nodes[a].threshold;
+                }
             }
         }
         let n = self.roots.len() as f64;
@@ -219,22 +359,31 @@ impl FlatForest {
     /// The mean-value path attribution of one prediction (Saabas): each split on a row's path
     /// credits its feature with the change in node mean it causes.
     pub fn contributions(&self, x: &[f64]) -> Contributions {
-        let mut features = vec![0.0; self.n_features()];
+        let walk = self.walk();
+        let padded = Padded::new(x);
+        let x = padded.get();
+        let nodes = &walk.nodes[..];
+        // One slot more for the padding feature, which leaves "split" on at no change.
+        let mut features = vec![0.0; self.n_features() + 1];
         let mut bias = 0.0;
-        for &r in &self.roots {
-            let mut i = r as usize;
-            bias += self.values[i];
-            loop {
-                let n = &self.nodes[i];
-                if n.feature == LEAF {
-                    break;
+        for (group, roots) in self.roots.chunks(LANES).enumerate() {
+            let mut at = [0usize; LANES];
+            for (a, &r) in at.iter_mut().zip(roots) {
+                *a = r as usize;
+                bias += self.values[*a];
+            }
+            let at = &mut at[..roots.len()];
+            for _ in 0..walk.group_depth[group] {
+                for a in at.iter_mut() {
+                    let n = &nodes[*a];
+                    let next = n.left as usize
+                        + usize::from(goes_right(x[n.feature as usize], n.threshold));
+                    features[n.feature as usize] += self.values[next] - self.values[*a];
+                    *a = next;
                 }
-                let next =
-                    n.left as usize + usize::from(goes_right(x[n.feature as usize], n.threshold));
-                features[n.feature as usize] += self.values[next] - self.values[i];
-                i = next;
             }
         }
+        features.truncate(self.n_features());
         let k = self.roots.len() as f64;
         features.iter_mut().for_each(|f| *f /= k);
         Contributions {
