@@ -254,7 +254,7 @@ impl FlatForest {
                 )));
             }
         }
-        if self.n_features >= LEAF {
+        if self.n_features == LEAF {
             return Err(ForestError::Malformed("too many features".into()));
         }
         for (i, node) in self.nodes.iter().enumerate() {
