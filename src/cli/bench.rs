@@ -10,8 +10,11 @@ use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use crate::features::{FEATURE_NAMES, N_FEATURES};
+use crate::proto::inference as v2;
+use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
+use tonic_health::pb::health_client::HealthClient;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Mode {
@@ -21,6 +24,11 @@ pub enum Mode {
     History,
     /// BatchScore with --batch-size feature vectors.
     Batch,
+    /// KServe V2 ModelInfer with a [--batch-size, 23] FP64 tensor (this server, MLServer,
+    /// Triton, ...).
+    V2,
+    /// grpc.health.v1 Check: the transport's floor on this machine, no model work.
+    Health,
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +62,9 @@ pub struct BenchArgs {
     /// Ask for reasons.
     #[arg(long)]
     pub explain: bool,
+    /// Model name for --mode v2.
+    #[arg(long, default_value = "loyalscore")]
+    pub model: String,
 }
 
 /// A plausible customer: 63 days since the last purchase, usually every 42.
@@ -82,6 +93,29 @@ fn names() -> Vec<String> {
 enum Req {
     One(pb::ScoreRequest),
     Batch(pb::BatchScoreRequest),
+    V2(v2::ModelInferRequest),
+    Health,
+}
+
+/// Every client the modes need, over one channel.
+struct Clients {
+    scoring: ScoringClient<Channel>,
+    v2: GrpcInferenceServiceClient<Channel>,
+    health: HealthClient<Channel>,
+}
+
+impl Clients {
+    fn new(ch: Channel) -> Self {
+        Clients {
+            scoring: ScoringClient::new(ch.clone())
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+            v2: GrpcInferenceServiceClient::new(ch.clone())
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+            health: HealthClient::new(ch),
+        }
+    }
 }
 
 fn request(a: &BenchArgs) -> Req {
@@ -133,13 +167,28 @@ fn request(a: &BenchArgs) -> Req {
                 })
                 .collect(),
         }),
+        Mode::V2 => Req::V2(v2::ModelInferRequest {
+            model_name: a.model.clone(),
+            inputs: vec![v2::model_infer_request::InferInputTensor {
+                name: "input-0".into(),
+                datatype: "FP64".into(),
+                shape: vec![a.batch_size as i64, N_FEATURES as i64],
+                contents: Some(v2::InferTensorContents {
+                    fp64_contents: (0..a.batch_size).flat_map(feature_values).collect(),
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        }),
+        Mode::Health => Req::Health,
     }
 }
 
-async fn send(client: &mut ScoringClient<Channel>, r: &Req) -> bool {
+async fn send(c: &mut Clients, r: &Req) -> bool {
     match r {
-        Req::One(x) => client.score(x.clone()).await.is_ok(),
-        Req::Batch(x) => client
+        Req::One(x) => c.scoring.score(x.clone()).await.is_ok(),
+        Req::Batch(x) => c
+            .scoring
             .batch_score(x.clone())
             .await
             .map(|b| {
@@ -149,10 +198,23 @@ async fn send(client: &mut ScoringClient<Channel>, r: &Req) -> bool {
                     .all(|i| matches!(i.result, Some(pb::batch_item::Result::Score(_))))
             })
             .unwrap_or(false),
+        Req::V2(x) => {
+            c.v2.model_infer(x.clone())
+                .await
+                .map(|r| !r.into_inner().outputs.is_empty())
+                .unwrap_or(false)
+        }
+        Req::Health => c
+            .health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok(),
     }
 }
 
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..a.channels.max(1) {
         channels.push(
@@ -168,9 +230,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..a.concurrency.max(1) {
-        let mut client = ScoringClient::new(channels[i % channels.len()].clone())
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
+        let mut client = Clients::new(channels[i % channels.len()].clone());
         let (req, warmup) = (req.clone(), a.warmup);
         tasks.push(tokio::spawn(async move {
             for _ in 0..warmup {
@@ -206,9 +266,30 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let secs = longest.as_secs_f64().max(1e-9);
     let per_request = match a.mode {
-        Mode::Batch => a.batch_size as u64,
+        Mode::Batch | Mode::V2 => a.batch_size as u64,
         _ => 1,
     };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": format!("{:?}", a.mode),
+                "concurrency": a.concurrency,
+                "channels": a.channels,
+                "batch_size": per_request,
+                "requests": total,
+                "errors": errors,
+                "seconds": secs,
+                "requests_per_sec": total as f64 / secs,
+                "rows_per_sec": (total * per_request) as f64 / secs,
+                "p50_us": all.value_at_quantile(0.5),
+                "p99_us": all.value_at_quantile(0.99),
+                "p999_us": all.value_at_quantile(0.999),
+                "max_us": all.max(),
+            })
+        );
+        return Ok(());
+    }
     println!(
         "mode {:?}, concurrency {}, channels {}, explain {}, {} requests in {:.2} s (wall {:.2} s)",
         a.mode,

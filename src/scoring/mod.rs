@@ -98,6 +98,44 @@ pub struct Reason {
     pub text: String,
 }
 
+/// Rows of a row-major matrix in schema column order (the KServe V2 tensor `field`), each
+/// checked finite.
+pub fn features_from_rows(
+    field: &str,
+    values: &[f64],
+    n_rows: usize,
+) -> Result<Vec<FeatureVector>, ScoringError> {
+    if values.len() != n_rows * N_FEATURES {
+        return Err(invalid(
+            field,
+            format!(
+                "{} values for {n_rows} rows of {N_FEATURES} features",
+                values.len()
+            ),
+        ));
+    }
+    values
+        .chunks_exact(N_FEATURES)
+        .enumerate()
+        .map(|(r, row)| {
+            let mut f = [0.0; N_FEATURES];
+            for (j, (&v, slot)) in row.iter().zip(f.iter_mut()).enumerate() {
+                if !v.is_finite() {
+                    return Err(invalid(
+                        format!("{field}[{r}][{j}]"),
+                        format!(
+                            "{} is {v}, not a finite number",
+                            crate::features::FEATURE_NAMES[j]
+                        ),
+                    ));
+                }
+                *slot = v;
+            }
+            Ok(f)
+        })
+        .collect()
+}
+
 /// Features given by name, in any order, checked against the schema.
 pub fn features_from_named(
     schema: &FeatureSchema,

@@ -10,6 +10,7 @@ mod models;
 mod registry_api;
 mod scoring_api;
 mod shadow;
+mod v2_api;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -170,6 +171,18 @@ pub async fn serve(
         exposures,
     })
     .max_decoding_message_size(config.max_message_bytes);
+    let inference =
+        crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+            v2_api::InferenceService {
+                models: models.clone(),
+                metrics: metrics.clone(),
+                limits: Limits {
+                    max_history: config.max_history,
+                    max_batch: config.max_batch,
+                },
+            },
+        )
+        .max_decoding_message_size(config.max_message_bytes);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -205,6 +218,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(scoring)
+        .add_service(inference)
         .add_optional_service(admin)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drain_rx.changed().await;

@@ -702,3 +702,148 @@ async fn explain_gives_three_readable_reasons() {
     assert_eq!(plain.churn_probability, r.churn_probability);
     server.stop().await;
 }
+
+/// KServe V2 ModelInfer answers what Score answers for the same features, from `contents` or
+/// raw bytes; bad tensors are INVALID_ARGUMENT naming the field. The load generator's V2 and
+/// health modes run against it without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn v2_model_infer_matches_score() {
+    use loyalscore::proto::inference as v2;
+    use loyalscore::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    production_v001(&path).await;
+    let server = TestServer::start(&path, |_| {}).await;
+    until_serving(&server).await;
+    let rows: Vec<Vec<f64>> = (0..3)
+        .map(|k| {
+            let mut v = typical();
+            v[0] = 10.0 * k as f64;
+            v
+        })
+        .collect();
+    let mut scoring = server.scoring().await;
+    let mut want = Vec::new();
+    for (k, r) in rows.iter().enumerate() {
+        let s = scoring
+            .score(features_request(&format!("c{k}"), r.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        want.push((s.churn_probability, s.clv));
+    }
+    let flat: Vec<f64> = rows.concat();
+    let tensor = |datatype: &str, shape: Vec<i64>, values: Vec<f64>| {
+        v2::model_infer_request::InferInputTensor {
+            name: "input-0".into(),
+            datatype: datatype.into(),
+            shape,
+            contents: Some(v2::InferTensorContents {
+                fp64_contents: values,
+                ..Default::default()
+            }),
+        }
+    };
+    let mut client = GrpcInferenceServiceClient::new(server.channel().await);
+    let by_contents = v2::ModelInferRequest {
+        model_name: "loyalscore".into(),
+        id: "r1".into(),
+        inputs: vec![tensor("FP64", vec![3, N_FEATURES as i64], flat.clone())],
+        ..Default::default()
+    };
+    let mut raw = by_contents.clone();
+    raw.inputs[0].contents = None;
+    raw.raw_input_contents = vec![flat.iter().flat_map(|v| v.to_le_bytes()).collect()];
+    for req in [by_contents.clone(), raw] {
+        let r = client.model_infer(req).await.unwrap().into_inner();
+        assert_eq!((r.model_version.as_str(), r.id.as_str()), ("v001", "r1"));
+        let out = |name: &str| {
+            r.outputs
+                .iter()
+                .find(|o| o.name == name)
+                .unwrap()
+                .contents
+                .clone()
+                .unwrap()
+                .fp64_contents
+        };
+        let (churn, clv) = (out("churn_probability"), out("clv"));
+        for k in 0..3 {
+            assert_eq!((churn[k], clv[k]), want[k], "row {k}");
+        }
+    }
+    let mut nan = flat.clone();
+    nan[N_FEATURES + 4] = f64::NAN;
+    for (req, field) in [
+        (tensor("FP64", vec![3, 5], flat.clone()), "inputs[0].shape"),
+        (
+            tensor("INT8", vec![3, N_FEATURES as i64], flat.clone()),
+            "inputs[0].datatype",
+        ),
+        (
+            tensor("FP64", vec![4, N_FEATURES as i64], flat.clone()),
+            "inputs[0]",
+        ),
+        (
+            tensor("FP64", vec![3, N_FEATURES as i64], nan),
+            "inputs[0][1][4]",
+        ),
+    ] {
+        let err = client
+            .model_infer(v2::ModelInferRequest {
+                inputs: vec![req],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    let ready = client
+        .model_ready(v2::ModelReadyRequest {
+            name: "loyalscore".into(),
+            version: "v404".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ready.ready);
+
+    for mode in ["v2", "health"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loyalscore"))
+            .args([
+                "--json",
+                "bench",
+                "--server",
+                &format!("http://{}", server.addr),
+                "--mode",
+                mode,
+                "--batch-size",
+                "10",
+                "--requests",
+                "50",
+                "--warmup",
+                "2",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (v["requests"].as_u64(), v["errors"].as_u64()),
+            (Some(50), Some(0)),
+            "{mode}: {v}"
+        );
+    }
+    server.stop().await;
+}
