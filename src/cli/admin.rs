@@ -135,7 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return super::score_log::run(a, &rt);
     }
     if let Cmd::Bench(a) = cli.cmd {
-        return rt.block_on(super::bench::run(a, cli.json));
+        return super::bench::runtime(&a)?.block_on(super::bench::run(a, cli.json));
     }
     if let Cmd::Quickstart(a) = cli.cmd {
         return super::train::run_quickstart(a, &rt);

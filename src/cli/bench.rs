@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Ask for reasons.
     #[arg(long)]
     pub explain: bool,
+    /// Client runtime threads; 0: one when --concurrency is 1 (a lone caller's thread hops
+    /// are latency), else one per core.
+    #[arg(long, default_value_t = 0)]
+    pub client_threads: usize,
     /// Model name for --mode v2.
     #[arg(long, default_value = "loyalscore")]
     pub model: String,
@@ -211,6 +215,25 @@ async fn send(c: &mut Clients, r: &Req) -> bool {
             })
             .await
             .is_ok(),
+    }
+}
+
+/// The client's runtime (see `--client-threads`).
+pub fn runtime(a: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match a.client_threads {
+        0 if a.concurrency <= 1 => 1,
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     }
 }
 
