@@ -148,42 +148,75 @@ pub fn features_from_named(
             format!("{} values for {} names", values.len(), names.len()),
         ));
     }
-    let mut f = [0.0; N_FEATURES];
-    let mut seen = [false; N_FEATURES];
-    for (i, (name, &v)) in names.iter().zip(values).enumerate() {
-        // Callers usually send the schema's order: try the same position first.
-        let j = if schema.names.get(i) == Some(name) {
-            i
-        } else {
-            schema.index_of(name).ok_or_else(|| {
-                invalid(
+    NamePlan::new(schema, names)?.features(values)
+}
+
+/// Where each named value goes in the schema's vector. A batch's shared `feature_names` are
+/// resolved once, not once per customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamePlan {
+    /// `to[i]`: the schema index of the `i`-th name.
+    to: Vec<usize>,
+}
+
+impl NamePlan {
+    /// Every schema feature exactly once, and nothing else.
+    pub fn new(schema: &FeatureSchema, names: &[String]) -> Result<Self, ScoringError> {
+        let mut to = Vec::with_capacity(names.len());
+        let mut seen = [false; N_FEATURES];
+        for (i, name) in names.iter().enumerate() {
+            // Callers usually send the schema's order: try the same position first.
+            let j = if schema.names.get(i) == Some(name) {
+                i
+            } else {
+                schema.index_of(name).ok_or_else(|| {
+                    invalid(
+                        format!("features.names[{i}]"),
+                        format!("unknown feature {name:?}"),
+                    )
+                })?
+            };
+            if seen[j] {
+                return Err(invalid(
                     format!("features.names[{i}]"),
-                    format!("unknown feature {name:?}"),
-                )
-            })?
-        };
-        if seen[j] {
+                    format!("feature {name:?} is given twice"),
+                ));
+            }
+            seen[j] = true;
+            to.push(j);
+        }
+        if let Some(j) = seen.iter().position(|s| !s) {
             return Err(invalid(
-                format!("features.names[{i}]"),
-                format!("feature {name:?} is given twice"),
+                "features.names",
+                format!("missing feature {:?}", schema.names[j]),
             ));
         }
-        if !v.is_finite() {
+        Ok(NamePlan { to })
+    }
+
+    /// The vector for values in the plan's name order, each checked finite.
+    pub fn features(&self, values: &[f64]) -> Result<FeatureVector, ScoringError> {
+        if values.len() != self.to.len() {
             return Err(invalid(
-                format!("features.values[{i}]"),
-                format!("{name} is {v}, not a finite number"),
+                "features.values",
+                format!("{} values for {} names", values.len(), self.to.len()),
             ));
         }
-        seen[j] = true;
-        f[j] = v;
+        let mut f = [0.0; N_FEATURES];
+        for (i, (&j, &v)) in self.to.iter().zip(values).enumerate() {
+            if !v.is_finite() {
+                return Err(invalid(
+                    format!("features.values[{i}]"),
+                    format!(
+                        "{} is {v}, not a finite number",
+                        crate::features::FEATURE_NAMES[j]
+                    ),
+                ));
+            }
+            f[j] = v;
+        }
+        Ok(f)
     }
-    if let Some(j) = seen.iter().position(|s| !s) {
-        return Err(invalid(
-            "features.names",
-            format!("missing feature {:?}", schema.names[j]),
-        ));
-    }
-    Ok(f)
 }
 
 /// Refuses a history longer than the limit (callers check before converting a payload too).

@@ -10,12 +10,13 @@ use super::metrics::Metrics;
 use super::models::Models;
 use super::shadow::{ShadowJob, Shadows};
 use crate::exposure::{Exposure, ExposureLog};
+use crate::features::FeatureSchema;
 use crate::features::{FeatureVector, FEATURE_NAMES};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_server::Scoring;
 use crate::registry::HOLDOUT_ARM;
 use crate::routing::{Route, Routing};
-use crate::scoring::{self, Limits, Model, ScoringError};
+use crate::scoring::{self, Limits, Model, NamePlan, ScoringError};
 
 pub struct ScoringService {
     pub models: Arc<Models>,
@@ -105,7 +106,7 @@ impl ScoringService {
         &self,
         item: pb::ScoreRequest,
         snap: &Snapshot,
-        batch_names: &[String],
+        batch_names: Option<&Result<NamePlan, ScoringError>>,
         now: i64,
         start: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ScoringError> {
@@ -119,15 +120,12 @@ impl ScoringService {
         let model = who.model();
         let (f, as_of) = match &item.input {
             Some(pb::score_request::Input::Features(fs)) => {
-                let names = if fs.names.is_empty() {
-                    batch_names
-                } else {
-                    &fs.names[..]
+                let f = match batch_names {
+                    Some(Ok(plan)) if fs.names.is_empty() => plan.features(&fs.values)?,
+                    Some(Err(e)) if fs.names.is_empty() => return Err(e.clone()),
+                    _ => scoring::features_from_named(model.schema(), &fs.names, &fs.values)?,
                 };
-                (
-                    scoring::features_from_named(model.schema(), names, &fs.values)?,
-                    now,
-                )
+                (f, now)
             }
             Some(pb::score_request::Input::History(h)) => {
                 let as_of = match &item.as_of {
@@ -279,7 +277,7 @@ impl Scoring for ScoringService {
         let start = Instant::now();
         let item = req.into_inner();
         let snap = self.snapshot();
-        match self.score_one(item, &snap, &[], now(), Some(start)).await {
+        match self.score_one(item, &snap, None, now(), Some(start)).await {
             Ok(r) => {
                 self.observe("Score", Code::Ok, &r.model_version, start);
                 Ok(Response::new(r))
@@ -309,12 +307,13 @@ impl Scoring for ScoringService {
         // One state for the whole batch: a swap mid-batch never mixes versions or routings.
         let snap = self.snapshot();
         let now = now();
+        // Every model has this build's schema (Model::new), so one plan serves every item.
+        let plan = (!batch.feature_names.is_empty())
+            .then(|| NamePlan::new(&FeatureSchema::current(), &batch.feature_names));
         let mut results = Vec::with_capacity(batch.items.len());
         let (mut ok, mut failed) = (0u64, 0u64);
         for (index, item) in batch.items.into_iter().enumerate() {
-            let r = self
-                .score_one(item, &snap, &batch.feature_names, now, None)
-                .await;
+            let r = self.score_one(item, &snap, plan.as_ref(), now, None).await;
             let result = match r {
                 Ok(s) => {
                     ok += 1;
