@@ -91,23 +91,14 @@ async fn a_90_10_experiment_routes_measures_and_stops_cleanly() {
         }
         b
     };
-    let answers = |r: pb::BatchScoreResponse| -> Vec<pb::ScoreResponse> {
-        r.results
-            .into_iter()
-            .map(|x| match x.result.unwrap() {
-                pb::batch_item::Result::Score(s) => s,
-                pb::batch_item::Result::Error(e) => panic!("item failed: {e:?}"),
-            })
-            .collect()
-    };
-    let v001 = answers(
+    let v001 = answers_of(
         scoring
             .batch_score(plain("v001"))
             .await
             .unwrap()
             .into_inner(),
     );
-    let v003 = answers(
+    let v003 = answers_of(
         scoring
             .batch_score(plain("v003"))
             .await
@@ -143,8 +134,8 @@ async fn a_90_10_experiment_routes_measures_and_stops_cleanly() {
         .into_inner();
     assert_eq!((set.seq, set.action.as_str()), (1, "set"));
 
-    let routed = answers(scoring.batch_score(batch(0..n)).await.unwrap().into_inner());
-    let again = answers(scoring.batch_score(batch(0..n)).await.unwrap().into_inner());
+    let routed = answers_of(scoring.batch_score(batch(0..n)).await.unwrap().into_inner());
+    let again = answers_of(scoring.batch_score(batch(0..n)).await.unwrap().into_inner());
     let expected_arms = arms("v001", "v002");
     let mut challenger = 0;
     for (i, r) in routed.iter().enumerate() {
@@ -354,10 +345,7 @@ async fn a_bad_traffic_document_keeps_the_old_routing() {
     publish(&reg, "v001").await;
     publish(&reg, "v002").await;
     promote(&reg, "v001", Expect::Absent).await;
-    let who = Move {
-        actor: "t".into(),
-        reason: "test".into(),
-    };
+    let who = who();
     let exp = |arms| Experiment {
         name: "e1".into(),
         salt: "e1".into(),
@@ -376,14 +364,8 @@ async fn a_bad_traffic_document_keeps_the_old_routing() {
 
     let server = TestServer::start(&path, |c| c.poll_interval_secs = 1).await;
     until_serving(&server).await;
+    until_experiment(&server, "e1").await;
     let mut scoring = server.scoring().await;
-    wait_for(async || {
-        scoring
-            .score(features_request("C0000001", typical()))
-            .await
-            .is_ok_and(|r| r.into_inner().experiment == "e1")
-    })
-    .await;
     // A corrupt record 2 lands in the store (a hand edit, a broken tool).
     std::fs::write(
         dir.path().join("traffic/production/000000000002.json"),
@@ -418,10 +400,7 @@ async fn holdout_customers_get_no_model_score() {
     let reg = Registry::open(&path).unwrap();
     publish(&reg, "v001").await;
     promote(&reg, "v001", Expect::Absent).await;
-    let who = Move {
-        actor: "t".into(),
-        reason: "test".into(),
-    };
+    let who = who();
     let e = Experiment {
         name: "with-holdout".into(),
         salt: "s".into(),
@@ -436,15 +415,9 @@ async fn holdout_customers_get_no_model_score() {
     reg.set_traffic("production", e, None, &who).await.unwrap();
     let server = TestServer::start(&path, |_| {}).await;
     until_serving(&server).await;
+    until_experiment(&server, "with-holdout").await;
     let mut scoring = server.scoring().await;
     let mut held = 0;
-    wait_for(async || {
-        scoring
-            .score(features_request("C0000001", typical()))
-            .await
-            .is_ok_and(|r| r.into_inner().experiment == "with-holdout")
-    })
-    .await;
     let r = answers_of(
         scoring
             .batch_score(batch(0..2000))
@@ -485,6 +458,25 @@ async fn holdout_customers_get_no_model_score() {
         .iter()
         .all(|x| matches!(x.result, Some(pb::batch_item::Result::Error(_)))));
     server.stop().await;
+}
+
+/// Waits until the server routes by the experiment `name`.
+async fn until_experiment(server: &TestServer, name: &str) {
+    let mut scoring = server.scoring().await;
+    wait_for(async || {
+        scoring
+            .score(features_request("C0000001", typical()))
+            .await
+            .is_ok_and(|r| r.into_inner().experiment == name)
+    })
+    .await;
+}
+
+fn who() -> Move {
+    Move {
+        actor: "t".into(),
+        reason: "test".into(),
+    }
 }
 
 fn answers_of(r: pb::BatchScoreResponse) -> Vec<pb::ScoreResponse> {
@@ -537,10 +529,7 @@ async fn the_read_out_names_the_truly_better_challenger() {
     publish_model(&reg, "weak", &control).await;
     publish_model(&reg, "strong", &challenger).await;
     promote(&reg, "weak", Expect::Absent).await;
-    let who = Move {
-        actor: "t".into(),
-        reason: "test".into(),
-    };
+    let who = who();
     let e = Experiment {
         name: "readout".into(),
         salt: "readout".into(),
@@ -567,14 +556,8 @@ async fn the_read_out_names_the_truly_better_challenger() {
     })
     .await;
     until_serving(&server).await;
+    until_experiment(&server, "readout").await;
     let mut scoring = server.scoring().await;
-    wait_for(async || {
-        scoring
-            .score(features_request("C0000001", typical()))
-            .await
-            .is_ok_and(|r| r.into_inner().experiment == "readout")
-    })
-    .await;
 
     // Every customer with a purchase before T, scored from their history as of T.
     let seen = load_transactions(&before[..], "before", &LoadOptions::default(), |_| {}).unwrap();
