@@ -163,18 +163,28 @@ pub fn start(
     opts: SinkOptions,
 ) -> Result<(ExposureLog, Writer), ExposureError> {
     let (store, prefix) = open_store(url)?;
+    Ok(start_on(store, prefix, key, opts))
+}
+
+/// Starts a writer appending under `prefix` of `store`.
+pub fn start_on(
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    key: CustomerKey,
+    opts: SinkOptions,
+) -> (ExposureLog, Writer) {
     let (tx, rx) = mpsc::channel(opts.capacity.max(1));
     let (stop, stop_rx) = watch::channel(false);
     let instance = instance_name();
     let task = tokio::spawn(write_loop(store, prefix, instance, opts, rx, stop_rx));
-    Ok((
+    (
         ExposureLog {
             tx,
             key,
             dropped: Arc::new(AtomicU64::new(0)),
         },
         Writer { stop, task },
-    ))
+    )
 }
 
 /// Unique per process, so replicas never write the same object.
@@ -290,8 +300,16 @@ async fn flush(
 /// Every exposure under `url`, in object then line order.
 pub async fn read_all(url: &str) -> Result<Vec<Exposure>, ExposureError> {
     let (store, prefix) = open_store(url)?;
+    read_from(&store, &prefix).await
+}
+
+/// Every exposure under `prefix` of `store`, in object then line order.
+pub async fn read_from(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<Exposure>, ExposureError> {
     let mut keys: Vec<Path> = store
-        .list(Some(&prefix))
+        .list(Some(prefix))
         .map_ok(|m| m.location)
         .try_collect()
         .await?;

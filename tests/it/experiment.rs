@@ -460,6 +460,51 @@ async fn holdout_customers_get_no_model_score() {
     server.stop().await;
 }
 
+/// The exposure log on a real S3 API (moto): batches become objects, closing flushes the rest,
+/// and everything reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposures_land_in_s3() {
+    use loyalscore::exposure::{read_from, start_on, Exposure, SinkOptions};
+    let moto = crate::moto::Moto::start();
+    let store = moto.store();
+    let prefix = crate::moto::Moto::prefix().join("exposures");
+    let opts = SinkOptions {
+        capacity: 1000,
+        batch: 10,
+        interval: std::time::Duration::from_secs(3600),
+    };
+    let key = CustomerKey::new(KEY).unwrap();
+    let (log, writer) = start_on(store.clone(), prefix.clone(), key.clone(), opts);
+    for i in 0..25 {
+        assert!(log.record(Exposure {
+            customer: key.hash(&format!("C{i:07}")),
+            experiment: "s3".into(),
+            arm: "control".into(),
+            version: "v001".into(),
+            churn_probability: Some(0.25),
+            clv: Some(12.5),
+            horizon_days: 180,
+            as_of: "2025-01-01T00:00:00Z".into(),
+            at: "2025-01-01T00:00:00Z".into(),
+        }));
+    }
+    drop(log);
+    let stats = writer
+        .close(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.written, stats.lost, stats.objects),
+        (25, 0, 3),
+        "{stats:?}"
+    );
+    let back = read_from(&store, &prefix).await.unwrap();
+    assert_eq!(back.len(), 25);
+    assert!(back
+        .iter()
+        .all(|e| e.experiment == "s3" && e.customer.len() == 32));
+}
+
 /// Waits until the server routes by the experiment `name`.
 async fn until_experiment(server: &TestServer, name: &str) {
     let mut scoring = server.scoring().await;
