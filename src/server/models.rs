@@ -111,9 +111,11 @@ impl Models {
     /// the alias serves afterwards.
     pub async fn refresh(&self) -> Option<String> {
         let _guard = self.refresh_lock.lock().await;
-        let serving = self.refresh_alias().await;
+        // Traffic first: on a start with an experiment running, its routing is in place
+        // before the alias's version turns health to SERVING, so no customer meets the
+        // alias's version where their arm's should answer.
         self.refresh_traffic().await;
-        serving
+        self.refresh_alias().await
     }
 
     /// Builds the routing for a new traffic record (loading versions not held yet) and swaps
@@ -209,9 +211,16 @@ impl Models {
         if self.failed.lock().ok().and_then(|f| f.clone()).as_deref() == Some(target.as_str()) {
             return current;
         }
-        match self.load(&target).await {
+        // A version an experiment already holds is shared, not loaded twice.
+        let held = self
+            .routing()
+            .and_then(|r| r.versions().find(|m| m.version == target).cloned());
+        let loaded = match held {
+            Some(m) => Ok(m),
+            None => self.load(&target).await.map(Arc::new),
+        };
+        match loaded {
             Ok(model) => {
-                let model = Arc::new(model);
                 // Warm the forests' pages before the first request meets them.
                 let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], true);
                 self.active.store(Some(model));

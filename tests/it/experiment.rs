@@ -414,7 +414,6 @@ async fn holdout_customers_get_no_model_score() {
     };
     reg.set_traffic("production", e, None, &who).await.unwrap();
     let server = TestServer::start(&path, |_| {}).await;
-    until_serving(&server).await;
     until_experiment(&server, "with-holdout").await;
     let mut scoring = server.scoring().await;
     let mut held = 0;
