@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
-use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
@@ -197,7 +197,7 @@ fn instance_name() -> String {
         .collect();
     format!(
         "{}-{}-{}",
-        chrono::Utc::now().format("%H%M%S%3f"),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"),
         if host.is_empty() { "host" } else { &host },
         std::process::id()
     )
@@ -272,14 +272,23 @@ async fn flush(
             stats.objects + stats.failed_writes
         );
         let key = prefix.clone().join(day).join(name);
+        // Create-if-absent: an exposure object is never overwritten, whatever the names.
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
         match store
-            .put(&key, PutPayload::from_bytes(Bytes::from(body)))
+            .put_opts(&key, PutPayload::from_bytes(Bytes::from(body)), create)
             .await
         {
             Ok(_) => {
                 stats.written += n as u64;
                 stats.objects += 1;
                 buf.drain(..n);
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Someone holds this name: count it as a failed write so the next name differs.
+                stats.failed_writes += 1;
             }
             Err(e) => {
                 // Keep the records for the next tick; bound what is held.
