@@ -73,6 +73,8 @@ struct Walk {
     nodes: Vec<FlatNode>,
     /// Steps that take every tree of group `g` (trees `g*LANES..`) to its leaf.
     group_depth: Vec<u32>,
+    /// Steps that take tree `t` to its leaf.
+    tree_depth: Vec<u32>,
 }
 
 /// A row with the padding slot appended, on the stack for the usual widths.
@@ -222,6 +224,7 @@ impl FlatForest {
                 .chunks(LANES)
                 .map(|c| c.iter().copied().max().unwrap_or(0))
                 .collect(),
+            tree_depth,
         }
     }
 
@@ -333,17 +336,19 @@ impl FlatForest {
         }
         let mut sums = vec![0.0; x.n_rows];
         for (t, &root) in self.roots.iter().enumerate() {
-            let depth = walk.group_depth[t / LANES];
+            let depth = walk.tree_depth[t];
             for (block, s) in sums.chunks_mut(LANES).enumerate() {
-                let first = block * LANES;
                 let mut at = [root as usize; LANES];
+                let mut row = [0usize; LANES];
+                for (k, r) in row.iter_mut().enumerate() {
+                    *r = (block * LANES + k) * width;
+                }
                 let at = &mut at[..s.len()];
                 for _ in 0..depth {
-                    for (k, a) in at.iter_mut().enumerate() {
+                    for (a, &r) in at.iter_mut().zip(&row) {
                         let n = &nodes[*a];
-                        let xr = &padded[(first + k) * width..(first + k + 1) * width];
-                        *a = n.left as usize
-                            + usize::from(goes_right(xr[n.feature as usize], n.threshold));
+                        let v = padded[r + n.feature as usize];
+                        *a = n.left as usize + usize::from(goes_right(v, n.threshold));
                     }
                 }
                 for (s, &a) in s.iter_mut().zip(at.iter()) {
