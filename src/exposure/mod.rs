@@ -418,6 +418,42 @@ mod tests {
         assert_eq!(stats.written, 5);
     }
 
+    /// An object already at the writer's next name is kept, and the batch goes to the next.
+    #[tokio::test]
+    async fn a_taken_name_is_never_overwritten() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let prefix = Path::from("exp");
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let taken = prefix.clone().join(day).join("inst-000000.jsonl");
+        let other = serde_json::to_string(&exposure(999)).unwrap() + "\n";
+        store.put(&taken, other.clone().into()).await.unwrap();
+        let (tx, rx) = mpsc::channel(10);
+        let (stop, stop_rx) = watch::channel(false);
+        let opts = SinkOptions {
+            capacity: 10,
+            batch: 10,
+            interval: Duration::from_secs(3600),
+        };
+        let task = tokio::spawn(write_loop(
+            store.clone(),
+            prefix.clone(),
+            "inst".into(),
+            opts,
+            rx,
+            stop_rx,
+        ));
+        tx.send(exposure(1)).await.unwrap();
+        stop.send(true).unwrap();
+        let stats = task.await.unwrap();
+        assert_eq!((stats.written, stats.objects, stats.lost), (1, 1, 0));
+        let kept = store.get(&taken).await.unwrap().bytes().await.unwrap();
+        assert_eq!(kept, other.as_bytes());
+        let all = read_from(&store, &prefix).await.unwrap();
+        let mut ids: Vec<_> = all.iter().map(|e| e.customer.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["c1", "c999"]);
+    }
+
     #[tokio::test]
     async fn a_bad_line_is_named_with_its_object_and_line() {
         let dir = tempfile::tempdir().unwrap();
