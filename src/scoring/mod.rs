@@ -292,4 +292,4 @@ pub fn score(model: &Model, f: &FeatureVector, explain: bool) -> Scored {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -69,3 +69,62 @@ async fn work(mut rx: mpsc::Receiver<ShadowJob>, metrics: Arc<Metrics>) {
         tokio::task::yield_now().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Arm, Experiment};
+    use crate::scoring::tests::tiny_model;
+
+    /// With the worker unable to run (a current-thread runtime, no await between submits),
+    /// a queue of two takes two jobs and drops and counts the rest at once; the worker then
+    /// scores what was queued.
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let metrics = Arc::new(Metrics::new());
+        let answer = Arc::new(tiny_model());
+        let mut s = tiny_model();
+        s.version = "shadow".into();
+        let shadow = Arc::new(s);
+        let exp = Experiment {
+            name: "e".into(),
+            salt: "e".into(),
+            arms: vec![Arm {
+                name: "a".into(),
+                version: answer.version.clone(),
+                weight: 1,
+            }],
+            shadow: vec!["shadow".into()],
+            holdout: 0.0,
+        };
+        let routing = Arc::new(
+            Routing::new(1, &exp, |v| {
+                [&answer, &shadow]
+                    .into_iter()
+                    .find(|m| m.version == v)
+                    .cloned()
+            })
+            .unwrap(),
+        );
+        let (shadows, task) = Shadows::start(2, metrics.clone());
+        for _ in 0..5 {
+            shadows.submit(ShadowJob {
+                routing: routing.clone(),
+                version: answer.version.clone(),
+                churn: 0.5,
+                clv: 10.0,
+                features: [1.0; crate::features::N_FEATURES],
+            });
+        }
+        assert_eq!(metrics.shadow_dropped.with_label_values(&["e"]).get(), 3);
+        drop(shadows);
+        task.await.unwrap();
+        assert_eq!(
+            metrics
+                .shadow_scores
+                .with_label_values(&["e", "shadow"])
+                .get(),
+            2
+        );
+    }
+}
