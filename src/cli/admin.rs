@@ -113,6 +113,14 @@ pub fn is_conflict(e: &anyhow::Error) -> bool {
     )
 }
 
+/// The move for a command whose `--reason` is required (it goes into the audit history).
+pub fn reasoned(who: Who) -> anyhow::Result<Move> {
+    if who.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        anyhow::bail!("--reason is required: say why, for the audit history");
+    }
+    Ok(mv(who, ""))
+}
+
 pub fn mv(who: Who, default_reason: &str) -> Move {
     Move {
         actor: who
@@ -204,13 +212,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 expect,
                 who,
             }) => {
-                if who.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                    anyhow::bail!("--reason is required: say why, for the audit history");
-                }
+                let who = reasoned(who)?;
                 let expect = expect.as_deref().map_or(Expect::Any, Expect::parse);
-                let r = reg
-                    .set_alias(&name, &version, &expect, &mv(who, ""))
-                    .await?;
+                let r = reg.set_alias(&name, &version, &expect, &who).await?;
                 print_move(&r, cli.json)
             }
             Cmd::Alias(AliasCmd::Rollback { name, who }) => {

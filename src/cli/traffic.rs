@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::admin::{mv, render, Who};
+use super::admin::{reasoned, render, Who};
 use crate::registry::{Experiment, Registry, RegistryError, TrafficRecord, HOLDOUT_ARM};
 use crate::routing::Arm;
 
@@ -94,9 +94,7 @@ pub async fn run(reg: &Registry, cmd: TrafficCmd, json: bool) -> anyhow::Result<
             expect_seq,
             who,
         } => {
-            if who.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                anyhow::bail!("--reason is required: say why, for the audit history");
-            }
+            let who = reasoned(who)?;
             let e = Experiment {
                 salt: salt.unwrap_or_else(|| experiment.clone()),
                 name: experiment,
@@ -104,9 +102,7 @@ pub async fn run(reg: &Registry, cmd: TrafficCmd, json: bool) -> anyhow::Result<
                 shadow,
                 holdout,
             };
-            let r = reg
-                .set_traffic(&alias.alias, e, expect_seq, &mv(who, ""))
-                .await?;
+            let r = reg.set_traffic(&alias.alias, e, expect_seq, &who).await?;
             print_record(&r, json)
         }
         TrafficCmd::Stop {
@@ -114,12 +110,8 @@ pub async fn run(reg: &Registry, cmd: TrafficCmd, json: bool) -> anyhow::Result<
             expect_seq,
             who,
         } => {
-            if who.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                anyhow::bail!("--reason is required: say why, for the audit history");
-            }
-            let r = reg
-                .stop_traffic(&alias.alias, expect_seq, &mv(who, ""))
-                .await?;
+            let who = reasoned(who)?;
+            let r = reg.stop_traffic(&alias.alias, expect_seq, &who).await?;
             print_record(&r, json)
         }
         TrafficCmd::Show { alias } => {
