@@ -53,7 +53,7 @@ pub struct Move {
 }
 
 /// Alias names become path segments, like version ids.
-fn check_alias(name: &str) -> Result<(), RegistryError> {
+pub(super) fn check_alias(name: &str) -> Result<(), RegistryError> {
     check_version_id(name).map_err(|_| RegistryError::BadAliasName(name.to_string()))
 }
 

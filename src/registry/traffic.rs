@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::routing::Experiment;
 
-use super::{check_version_id, Move, Registry, RegistryError};
+use super::alias::check_alias;
+use super::{Move, Registry, RegistryError};
 
 /// One change of an alias's traffic: an experiment started or changed (`set`), or stopped
 /// (`stop`, `experiment` empty).
@@ -47,7 +48,7 @@ impl Registry {
 
     /// The alias's latest traffic record, or `None` if no experiment was ever set.
     pub async fn traffic(&self, alias: &str) -> Result<Option<TrafficRecord>, RegistryError> {
-        check_version_id(alias).map_err(|_| RegistryError::BadAliasName(alias.to_string()))?;
+        check_alias(alias)?;
         match self.journal_seqs(&["traffic", alias]).await?.last() {
             Some(&seq) => Ok(Some(self.traffic_record(alias, seq).await?)),
             None => Ok(None),
@@ -56,7 +57,7 @@ impl Registry {
 
     /// Every traffic change of the alias, oldest first.
     pub async fn traffic_history(&self, alias: &str) -> Result<Vec<TrafficRecord>, RegistryError> {
-        check_version_id(alias).map_err(|_| RegistryError::BadAliasName(alias.to_string()))?;
+        check_alias(alias)?;
         let mut out = Vec::new();
         for seq in self.journal_seqs(&["traffic", alias]).await? {
             out.push(self.traffic_record(alias, seq).await?);
