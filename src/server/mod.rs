@@ -160,13 +160,14 @@ pub async fn serve(
         _ => (None, None),
     };
     let (shadows, shadow_task) = shadow::Shadows::start(config.shadow_queue, metrics.clone());
+    let limits = Limits {
+        max_history: config.max_history,
+        max_batch: config.max_batch,
+    };
     let scoring = ScoringServer::new(scoring_api::ScoringService {
         models: models.clone(),
         metrics: metrics.clone(),
-        limits: Limits {
-            max_history: config.max_history,
-            max_batch: config.max_batch,
-        },
+        limits,
         shadows,
         exposures,
     })
@@ -176,10 +177,7 @@ pub async fn serve(
             v2_api::InferenceService {
                 models: models.clone(),
                 metrics: metrics.clone(),
-                limits: Limits {
-                    max_history: config.max_history,
-                    max_batch: config.max_batch,
-                },
+                limits,
             },
         )
         .max_decoding_message_size(config.max_message_bytes);

@@ -88,23 +88,27 @@ impl Models {
                 return Ok(m.clone());
             }
         }
-        let m = Arc::new(self.load(version).await.map_err(|why| {
+        let m = self.load(version).await.map_err(|why| {
             tracing::debug!(%version, %why, "pinned version unavailable");
             ScoringError::VersionNotFound(version.to_string())
-        })?);
+        })?;
         if let Ok(mut p) = self.pinned.lock() {
             *p = Some(m.clone());
         }
         Ok(m)
     }
 
-    async fn load(&self, version: &str) -> Result<Model, String> {
+    /// Loads and verifies a version, then warms it: the forests' walking layout is built and
+    /// their pages touched before the first request meets them.
+    async fn load(&self, version: &str) -> Result<Arc<Model>, String> {
         let (manifest, bundle) = self
             .registry
             .load(version)
             .await
             .map_err(|e| e.to_string())?;
-        Model::new(manifest, bundle)
+        let model = Model::new(manifest, bundle)?;
+        let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], true);
+        Ok(Arc::new(model))
     }
 
     /// Reads the alias and its traffic document and applies what changed. Returns the version
@@ -185,9 +189,7 @@ impl Models {
             if let Some(m) = held.iter().find(|m| m.version == v) {
                 loaded.push(m.clone());
             } else {
-                let m = Arc::new(self.load(&v).await?);
-                let _ = crate::scoring::score(&m, &[0.0; crate::features::N_FEATURES], true);
-                loaded.push(m);
+                loaded.push(self.load(&v).await?);
             }
         }
         Routing::new(seq, exp, |v| {
@@ -217,12 +219,10 @@ impl Models {
             .and_then(|r| r.versions().find(|m| m.version == target).cloned());
         let loaded = match held {
             Some(m) => Ok(m),
-            None => self.load(&target).await.map(Arc::new),
+            None => self.load(&target).await,
         };
         match loaded {
             Ok(model) => {
-                // Warm the forests' pages before the first request meets them.
-                let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], true);
                 self.active.store(Some(model));
                 self.metrics.loads.with_label_values(&["ok"]).inc();
                 if let Some(old) = &current {
