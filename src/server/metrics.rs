@@ -53,30 +53,6 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("loyalscore".into()), None).unwrap_or_default();
-        let requests = must(IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "gRPC requests by method, code and model version",
-            ),
-            &["method", "code", "version"],
-        ));
-        let latency = must(HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "gRPC request latency")
-                .buckets(latency_buckets()),
-            &["method"],
-        ));
-        let batch_items = must(IntCounterVec::new(
-            Opts::new("batch_items_total", "BatchScore items by result"),
-            &["result"],
-        ));
-        let loads = must(IntCounterVec::new(
-            Opts::new("model_loads_total", "model version loads by result"),
-            &["result"],
-        ));
-        let active = must(IntGaugeVec::new(
-            Opts::new("active_model", "1 for the model version serving now"),
-            &["version"],
-        ));
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
             let _ = registry.register(Box::new(c.clone()));
@@ -90,6 +66,32 @@ impl Metrics {
             let _ = registry.register(Box::new(h.clone()));
             h
         };
+        let requests = counter(
+            "requests_total",
+            "gRPC requests by method, code and model version",
+            &["method", "code", "version"],
+        );
+        let latency = histogram(
+            "request_duration_seconds",
+            "gRPC request latency",
+            &["method"],
+            latency_buckets(),
+        );
+        let batch_items = counter(
+            "batch_items_total",
+            "BatchScore items by result",
+            &["result"],
+        );
+        let loads = counter(
+            "model_loads_total",
+            "model version loads by result",
+            &["result"],
+        );
+        let active = must(IntGaugeVec::new(
+            Opts::new("active_model", "1 for the model version serving now"),
+            &["version"],
+        ));
+        let _ = registry.register(Box::new(active.clone()));
         let exp_labels = ["experiment", "arm", "version"];
         let shadow_labels = ["experiment", "shadow_version", "version"];
         let tenths: Vec<f64> = (1..=10).map(|i| f64::from(i) / 10.0).collect();
@@ -139,7 +141,7 @@ impl Metrics {
             "shadow_churn_abs_diff",
             "|shadow churn probability - the answer's|",
             &shadow_labels,
-            diffs.clone(),
+            diffs,
         );
         let shadow_clv_diff = histogram(
             "shadow_clv_abs_diff",
@@ -152,11 +154,6 @@ impl Metrics {
             "exposure log records by result (queued, dropped)",
             &["result"],
         );
-        for c in [&requests, &batch_items, &loads] {
-            let _ = registry.register(Box::new(c.clone()));
-        }
-        let _ = registry.register(Box::new(latency.clone()));
-        let _ = registry.register(Box::new(active.clone()));
         Metrics {
             registry,
             requests,
