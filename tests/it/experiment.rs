@@ -14,7 +14,9 @@ use loyalscore::routing::{assign, Arm};
 use loyalscore::trainer::experiment::{report, ReportOptions};
 use loyalscore::trainer::{load_transactions, LoadOptions};
 
-use crate::server::{admin, features_request, typical, until_serving, wait_for, TestServer};
+use crate::server::{
+    admin, features_request, production_v001, typical, until_serving, wait_for, TestServer,
+};
 use crate::support::{promote, publish, publish_model, publish_other, train_on};
 
 const KEY: &str = "test-exposure-key-0123456789";
@@ -67,11 +69,9 @@ async fn a_90_10_experiment_routes_measures_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry").to_str().unwrap().to_string();
     let exposures = dir.path().join("exposures").to_str().unwrap().to_string();
-    let reg = Registry::open(&path).unwrap();
-    publish(&reg, "v001").await;
+    let reg = production_v001(&path).await;
     publish(&reg, "v002").await;
     publish_other(&reg, "v003").await;
-    promote(&reg, "v001", Expect::Absent).await;
     let exp_dir = exposures.clone();
     let server = TestServer::start(&path, move |c| {
         c.poll_interval_secs = 3600;
@@ -341,10 +341,8 @@ async fn a_90_10_experiment_routes_measures_and_stops_cleanly() {
 async fn a_bad_traffic_document_keeps_the_old_routing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
-    let reg = Registry::open(&path).unwrap();
-    publish(&reg, "v001").await;
+    let reg = production_v001(&path).await;
     publish(&reg, "v002").await;
-    promote(&reg, "v001", Expect::Absent).await;
     let who = who();
     let exp = |arms| Experiment {
         name: "e1".into(),
@@ -397,9 +395,7 @@ async fn a_bad_traffic_document_keeps_the_old_routing() {
 async fn holdout_customers_get_no_model_score() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
-    let reg = Registry::open(&path).unwrap();
-    publish(&reg, "v001").await;
-    promote(&reg, "v001", Expect::Absent).await;
+    let reg = production_v001(&path).await;
     let who = who();
     let e = Experiment {
         name: "with-holdout".into(),
