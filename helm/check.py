@@ -7,7 +7,11 @@ every rendered object with kubernetes-validate (strict, Kubernetes --kube-versio
 assertions on the objects: gRPC probes on the health service, HPA aimed at the Deployment,
 resources and a non-root read-only security context, a drain that fits the grace period.
 
-    check.py [--values FILE]... [--set KEY=JSON]... [--env-names]
+    check.py [--values FILE]... [--set KEY=JSON]... [--after-drain SECS] [--env-names]
+
+--after-drain is the server's own limit for the work after its drain (flushing the
+exposure log, stopping the metrics port; `loyalscore::server::AFTER_DRAIN`, which the test
+passes): the grace period must cover the drain plus that, with a second to spare.
 
 --env-names prints the LOYALSCORE_* variables the server container gets (JSON), for the
 test that compares them with the server's flags. Exit 0 when everything holds.
@@ -25,6 +29,9 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(HERE, "loyalscore")
 VALIDATOR = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
+
+
+AFTER_DRAIN = 8
 
 
 class CheckFailed(Exception):
@@ -108,7 +115,8 @@ def assertions(docs, values):
     need(sc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem")
          and sc.get("allowPrivilegeEscalation") is False, "non-root, read-only security context")
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    need(grace > values["server"]["drainSecs"], "terminationGracePeriodSeconds must exceed drainSecs")
+    need(grace >= values["server"]["drainSecs"] + AFTER_DRAIN + 1,
+         f"terminationGracePeriodSeconds {grace} must cover drainSecs + {AFTER_DRAIN} s after the drain + 1 s")
     env = {e["name"]: e for e in c["env"]}
     need(env["LOYALSCORE_DRAIN_SECS"]["value"] == str(values["server"]["drainSecs"]), "drain value passed on")
     hpas = by_kind(docs, "HorizontalPodAutoscaler")
@@ -152,7 +160,10 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     ap.add_argument("--env-names", action="store_true")
     ap.add_argument("--kube-version", default="1.33.0")
+    ap.add_argument("--after-drain", type=int, default=8)
     a = ap.parse_args()
+    global AFTER_DRAIN
+    AFTER_DRAIN = a.after_drain
     helm_python.disable_logging()
     runs = [("default values", {})] + [(f, yaml.safe_load(open(f)) or {}) for f in a.values]
     if a.env_names:

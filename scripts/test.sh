@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it: `./scripts/test.sh`.
 # Installs what the tests need first (quick when already there): moto (a real S3 API for the
-# registry's contract tests) and the Helm chart checkers, into .venv.
+# registry's contract tests) and the Helm chart checkers, into .venv. Then the code checks
+# (format, clippy, function length), then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +13,7 @@ fi
 export LOYALSCORE_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 export LOYALSCORE_PYTHON="$PWD/.venv/bin/python"
 
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+python3 scripts/check-fn-length.py
 cargo test --locked --all-targets

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod exposure;
 pub mod features;
+pub mod flags;
 pub mod forest;
 pub mod hashing;
 pub mod model;
@@ -13,4 +14,5 @@ pub mod registry;
 pub mod routing;
 pub mod scoring;
 pub mod server;
+pub mod time;
 pub mod trainer;

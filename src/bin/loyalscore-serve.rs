@@ -7,7 +7,10 @@ use loyalscore::cli::serve;
 
 fn main() -> ExitCode {
     let cli = serve::Cli::parse();
-    loyalscore::cli::init_tracing(&cli.config.log, cli.config.log_format == "json");
+    loyalscore::cli::init_tracing(
+        cli.config.log.filter("info"),
+        cli.config.log_format == "json",
+    );
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = loyalscore::cli::train::Cli::parse();
-    loyalscore::cli::init_tracing(&cli.log, false);
+    loyalscore::cli::init_tracing(cli.log.filter("warn"), false);
     match loyalscore::cli::train::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

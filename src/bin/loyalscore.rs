@@ -7,7 +7,7 @@ use loyalscore::cli::admin;
 
 fn main() -> ExitCode {
     let cli = admin::Cli::parse();
-    loyalscore::cli::init_tracing(&cli.log, false);
+    loyalscore::cli::init_tracing(cli.log.filter("warn"), false);
     match admin::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

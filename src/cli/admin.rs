@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::flags::{LogArgs, RegistryArgs};
 use crate::model::Manifest;
 use crate::registry::{AliasRecord, Expect, Move, Registry, RegistryError};
 use crate::trainer::report;
@@ -15,20 +16,13 @@ use crate::trainer::report;
     about = "Manage loyalscore model versions and aliases"
 )]
 pub struct Cli {
-    /// Registry: a path or URL (file://, s3://bucket/prefix, gs://, az://).
-    #[arg(
-        long,
-        env = "LOYALSCORE_REGISTRY",
-        default_value = "models",
-        global = true
-    )]
-    pub registry: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Log filter; logs go to stderr.
-    #[arg(long, env = "LOYALSCORE_LOG", default_value = "warn", global = true)]
-    pub log: String,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -59,14 +53,22 @@ pub enum ModelsCmd {
     /// Every version, newest first, with headline metrics and the aliases on it.
     List,
     /// One version's manifest.
-    Show { version: String },
+    Show {
+        /// The version id (as `models list` prints it).
+        version: String,
+    },
     /// Two versions' metrics and hyper-parameters side by side.
-    Diff { a: String, b: String },
+    Diff {
+        /// The first version id (left column).
+        a: String,
+        /// The second version id (right column).
+        b: String,
+    },
 }
 
 #[derive(Args, Debug)]
 pub struct Who {
-    /// Who is acting (default: $USER).
+    /// Who is acting, for the audit history (default: $USER).
     #[arg(long, env = "LOYALSCORE_ACTOR")]
     pub actor: Option<String>,
     /// Why, for the audit history.
@@ -80,7 +82,9 @@ pub enum AliasCmd {
     List,
     /// Point an alias at a version (compare-and-swap with --expect).
     Set {
+        /// The alias to move (production, staging, ...).
         name: String,
+        /// The version id it should point at.
         version: String,
         /// The version the alias must point at now, or "none" if it must not exist yet.
         #[arg(long)]
@@ -90,12 +94,16 @@ pub enum AliasCmd {
     },
     /// Move an alias back to the version it pointed at before its latest move.
     Rollback {
+        /// The alias to move back.
         name: String,
         #[command(flatten)]
         who: Who,
     },
     /// Every move of an alias, oldest first.
-    History { name: String },
+    History {
+        /// The alias whose moves to list.
+        name: String,
+    },
 }
 
 /// Exit code for a lost race or a failed --expect, so scripts can retry.
@@ -113,22 +121,15 @@ pub fn is_conflict(e: &anyhow::Error) -> bool {
     )
 }
 
-/// The move for a command whose `--reason` is required (it goes into the audit history).
-pub fn reasoned(who: Who) -> anyhow::Result<Move> {
-    if who.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-        anyhow::bail!("--reason is required: say why, for the audit history");
-    }
-    Ok(mv(who, ""))
-}
-
-pub fn mv(who: Who, default_reason: &str) -> Move {
+/// Who acts and why; the registry refuses a move that needs a reason and has none.
+pub fn mv(who: Who) -> Move {
     Move {
         actor: who
             .actor
             .or_else(|| std::env::var("USER").ok())
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| "unknown".into()),
-        reason: who.reason.unwrap_or_else(|| default_reason.to_string()),
+        reason: who.reason.unwrap_or_default(),
     }
 }
 
@@ -136,125 +137,127 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if let Cmd::Score(a) = cli.cmd {
-        return rt.block_on(super::client::score(a, cli.json));
+    let json = cli.json;
+    let open = || Registry::open(&cli.registry.registry);
+    match cli.cmd {
+        Cmd::Score(a) => rt.block_on(super::client::score(a, json)),
+        Cmd::ScoreLog(a) => super::score_log::run(a, &rt),
+        Cmd::Bench(a) => super::bench::runtime(&a)?.block_on(super::bench::run(a, json)),
+        Cmd::Quickstart(a) => super::train::run_quickstart(a, &cli.registry, &rt),
+        Cmd::Traffic(cmd) => rt.block_on(super::traffic::run(&open()?, cmd, json)),
+        Cmd::Models(cmd) => rt.block_on(models(&open()?, cmd, json)),
+        Cmd::Alias(cmd) => rt.block_on(alias(&open()?, cmd, json)),
     }
-    if let Cmd::ScoreLog(a) = cli.cmd {
-        return super::score_log::run(a, &rt);
-    }
-    if let Cmd::Bench(a) = cli.cmd {
-        return super::bench::runtime(&a)?.block_on(super::bench::run(a, cli.json));
-    }
-    if let Cmd::Quickstart(a) = cli.cmd {
-        return super::train::run_quickstart(a, &rt);
-    }
-    let reg = Registry::open(&cli.registry)?;
-    rt.block_on(async {
-        match cli.cmd {
-            Cmd::Score(_) | Cmd::ScoreLog(_) | Cmd::Bench(_) | Cmd::Quickstart(_) => {
-                unreachable!("handled above")
+}
+
+async fn models(reg: &Registry, cmd: ModelsCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCmd::List => models_list(reg, json).await,
+        ModelsCmd::Show { version } => {
+            let m = reg.manifest(&version).await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&m.to_json()?));
+            } else {
+                print!("{}", show(&m));
             }
-            Cmd::Traffic(cmd) => super::traffic::run(&reg, cmd, cli.json).await,
-            Cmd::Models(ModelsCmd::List) => models_list(&reg, cli.json).await,
-            Cmd::Models(ModelsCmd::Show { version }) => {
-                let m = reg.manifest(&version).await?;
-                if cli.json {
-                    println!("{}", String::from_utf8_lossy(&m.to_json()));
-                } else {
-                    print!("{}", show(&m));
-                }
-                Ok(())
-            }
-            Cmd::Models(ModelsCmd::Diff { a, b }) => {
-                let (ma, mb) = (reg.manifest(&a).await?, reg.manifest(&b).await?);
-                if cli.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&json!({ "a": ma, "b": mb }))?
-                    );
-                } else {
-                    print!("{}", diff(&ma, &mb));
-                }
-                Ok(())
-            }
-            Cmd::Alias(AliasCmd::List) => {
-                let mut rows = Vec::new();
-                for name in reg.aliases().await? {
-                    if let Some(r) = reg.alias(&name).await? {
-                        rows.push(r);
-                    }
-                }
-                if cli.json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                } else {
-                    let table: Vec<Vec<String>> = rows
-                        .iter()
-                        .map(|r| {
-                            vec![
-                                r.alias.clone(),
-                                r.version.clone(),
-                                r.seq.to_string(),
-                                r.at.clone(),
-                                r.actor.clone(),
-                            ]
-                        })
-                        .collect();
-                    print!(
-                        "{}",
-                        render(&["ALIAS", "VERSION", "SEQ", "SINCE", "BY"], &table)
-                    );
-                }
-                Ok(())
-            }
-            Cmd::Alias(AliasCmd::Set {
-                name,
-                version,
-                expect,
-                who,
-            }) => {
-                let who = reasoned(who)?;
-                let expect = expect.as_deref().map_or(Expect::Any, Expect::parse);
-                let r = reg.set_alias(&name, &version, &expect, &who).await?;
-                print_move(&r, cli.json)
-            }
-            Cmd::Alias(AliasCmd::Rollback { name, who }) => {
-                let r = reg.rollback_alias(&name, &mv(who, "rollback")).await?;
-                print_move(&r, cli.json)
-            }
-            Cmd::Alias(AliasCmd::History { name }) => {
-                let h = reg.alias_history(&name).await?;
-                if h.is_empty() {
-                    return Err(RegistryError::AliasNotFound(name).into());
-                }
-                if cli.json {
-                    println!("{}", serde_json::to_string_pretty(&h)?);
-                } else {
-                    let table: Vec<Vec<String>> = h
-                        .iter()
-                        .map(|r| {
-                            vec![
-                                r.seq.to_string(),
-                                r.at.clone(),
-                                r.actor.clone(),
-                                r.action.clone(),
-                                r.previous.clone().unwrap_or_else(|| "-".into()),
-                                r.version.clone(),
-                                r.reason.clone(),
-                            ]
-                        })
-                        .collect();
-                    print!(
-                        "{}",
-                        render(
-                            &["SEQ", "AT", "ACTOR", "ACTION", "FROM", "TO", "REASON"],
-                            &table
-                        )
-                    );
-                }
-                Ok(())
-            }
+            Ok(())
         }
-    })
+        ModelsCmd::Diff { a, b } => {
+            let (ma, mb) = (reg.manifest(&a).await?, reg.manifest(&b).await?);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "a": ma, "b": mb }))?
+                );
+            } else {
+                print!("{}", diff(&ma, &mb));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn alias(reg: &Registry, cmd: AliasCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        AliasCmd::List => alias_list(reg, json).await,
+        AliasCmd::Set {
+            name,
+            version,
+            expect,
+            who,
+        } => {
+            let expect = expect.as_deref().map_or(Expect::Any, Expect::parse);
+            let r = reg.set_alias(&name, &version, &expect, &mv(who)).await?;
+            print_move(&r, json)
+        }
+        AliasCmd::Rollback { name, who } => {
+            let r = reg.rollback_alias(&name, &mv(who)).await?;
+            print_move(&r, json)
+        }
+        AliasCmd::History { name } => alias_history(reg, &name, json).await,
+    }
+}
+
+/// Records as JSON (`--json`) or as a table with one row per record.
+pub fn print_records<T: serde::Serialize>(
+    json: bool,
+    records: &[T],
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(records)?);
+    } else {
+        let rows: Vec<Vec<String>> = records.iter().map(cells).collect();
+        print!("{}", render(header, &rows));
+    }
+    Ok(())
+}
+
+async fn alias_list(reg: &Registry, json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for name in reg.aliases().await? {
+        if let Some(r) = reg.alias(&name).await? {
+            rows.push(r);
+        }
+    }
+    print_records(
+        json,
+        &rows,
+        &["ALIAS", "VERSION", "SEQ", "SINCE", "BY"],
+        |r| {
+            vec![
+                r.alias.clone(),
+                r.version.clone(),
+                r.seq.to_string(),
+                r.at.clone(),
+                r.actor.clone(),
+            ]
+        },
+    )
+}
+
+async fn alias_history(reg: &Registry, name: &str, json: bool) -> anyhow::Result<()> {
+    let h = reg.alias_history(name).await?;
+    if h.is_empty() {
+        return Err(RegistryError::AliasNotFound(name.to_string()).into());
+    }
+    print_records(
+        json,
+        &h,
+        &["SEQ", "AT", "ACTOR", "ACTION", "FROM", "TO", "REASON"],
+        |r| {
+            vec![
+                r.seq.to_string(),
+                r.at.clone(),
+                r.actor.clone(),
+                r.action.clone(),
+                r.previous.clone().unwrap_or_else(|| "-".into()),
+                r.version.clone(),
+                r.reason.clone(),
+            ]
+        },
+    )
 }
 
 fn print_move(r: &AliasRecord, json: bool) -> anyhow::Result<()> {
@@ -377,6 +380,7 @@ fn show(m: &Manifest) -> String {
     s
 }
 
+// Long: one line per compared figure, in the order the table prints them.
 fn diff(a: &Manifest, b: &Manifest) -> String {
     let f = |v: f64| format!("{v:.4}");
     let depth = |d: Option<u16>| d.map_or("none".to_string(), |d| d.to_string());

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use crate::features::{FEATURE_NAMES, N_FEATURES};
+use crate::flags::ServerArgs;
 use crate::proto::inference as v2;
 use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::v1 as pb;
@@ -33,40 +34,37 @@ pub enum Mode {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[arg(
-        long,
-        env = "LOYALSCORE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// What each request does.
     #[arg(long, value_enum, default_value = "features")]
     pub mode: Mode,
-    /// Requests in flight at once.
+    /// Requests in flight at once (each its own request loop).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// HTTP/2 connections they share.
+    /// HTTP/2 connections the request loops share.
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
-    /// Stop after this many requests ...
+    /// Stop after this many measured requests in all ...
     #[arg(long, default_value_t = 100_000)]
     pub requests: u64,
     /// ... or after this many seconds, whichever comes first.
     #[arg(long, default_value_t = 20)]
     pub duration_secs: u64,
-    /// Unmeasured requests first, per loop.
+    /// Unmeasured requests each loop sends first (warm-up).
     #[arg(long, default_value_t = 200)]
     pub warmup: u64,
-    /// Customers per BatchScore.
+    /// Customers per BatchScore call, or rows per V2 tensor.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
-    /// Ask for reasons.
+    /// Ask for reasons in each Score (features and history modes).
     #[arg(long)]
     pub explain: bool,
     /// Client runtime threads; 0: one when --concurrency is 1 (a lone caller's thread hops
     /// are latency), else one per core.
     #[arg(long, default_value_t = 0)]
     pub client_threads: usize,
-    /// Model name for --mode v2.
+    /// Model name sent in --mode v2 requests.
     #[arg(long, default_value = "loyalscore")]
     pub model: String,
 }
@@ -241,57 +239,99 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..a.channels.max(1) {
         channels.push(
-            Channel::from_shared(a.server.clone())?
+            Channel::from_shared(a.server.server.clone())?
                 .connect()
                 .await
-                .with_context(|| format!("connecting to {}", a.server))?,
+                .with_context(|| format!("connecting to {}", a.server.server))?,
         );
     }
     let req = std::sync::Arc::new(request(&a));
     let per_loop = a.requests / a.concurrency.max(1) as u64;
     let duration = Duration::from_secs(a.duration_secs);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..a.concurrency.max(1) {
-        let mut client = Clients::new(channels[i % channels.len()].clone());
-        let (req, warmup) = (req.clone(), a.warmup);
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..warmup {
-                send(&mut client, &req).await;
-            }
-            let deadline = Instant::now() + duration;
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let (mut n, mut errors) = (0u64, 0u64);
-            let t0 = Instant::now();
-            while n < per_loop && Instant::now() < deadline {
-                let t = Instant::now();
-                if !send(&mut client, &req).await {
-                    errors += 1;
-                }
-                if let Some(h) = h.as_mut() {
-                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-                }
-                n += 1;
-            }
-            (h, n, errors, t0.elapsed())
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut total, mut errors, mut longest) = (0u64, 0u64, Duration::ZERO);
+    let tasks: Vec<_> = (0..a.concurrency.max(1))
+        .map(|i| {
+            let client = Clients::new(channels[i % channels.len()].clone());
+            tokio::spawn(request_loop(
+                client,
+                req.clone(),
+                a.warmup,
+                per_loop,
+                duration,
+            ))
+        })
+        .collect();
+    let mut all = Tally::new()?;
     for t in tasks {
-        let (h, n, e, took) = t.await?;
-        if let Some(h) = h {
-            all.add(&h)?;
-        }
-        total += n;
-        errors += e;
-        longest = longest.max(took);
+        all.add(t.await??)?;
     }
-    let secs = longest.as_secs_f64().max(1e-9);
     let per_request = match a.mode {
         Mode::Batch | Mode::V2 => a.batch_size as u64,
         _ => 1,
     };
+    print_tally(&a, &all, per_request, started.elapsed(), json);
+    Ok(())
+}
+
+/// What the request loops measured.
+struct Tally {
+    histogram: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    /// The longest loop's measured time: the run's duration.
+    longest: Duration,
+}
+
+impl Tally {
+    /// Latencies from 1 µs to 60 s at three significant digits.
+    fn new() -> Result<Self, hdrhistogram::CreationError> {
+        Ok(Tally {
+            histogram: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+            requests: 0,
+            errors: 0,
+            longest: Duration::ZERO,
+        })
+    }
+
+    fn add(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.histogram.add(&other.histogram)?;
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.longest = self.longest.max(other.longest);
+        Ok(())
+    }
+}
+
+/// One request loop: `warmup` unmeasured requests, then up to `n` measured ones, bounded by
+/// `duration`.
+async fn request_loop(
+    mut client: Clients,
+    req: std::sync::Arc<Req>,
+    warmup: u64,
+    n: u64,
+    duration: Duration,
+) -> anyhow::Result<Tally> {
+    for _ in 0..warmup {
+        send(&mut client, &req).await;
+    }
+    let deadline = Instant::now() + duration;
+    let mut t = Tally::new()?;
+    let t0 = Instant::now();
+    while t.requests < n && Instant::now() < deadline {
+        let at = Instant::now();
+        if !send(&mut client, &req).await {
+            t.errors += 1;
+        }
+        let _ = t.histogram.record(at.elapsed().as_micros().max(1) as u64);
+        t.requests += 1;
+    }
+    t.longest = t0.elapsed();
+    Ok(t)
+}
+
+fn print_tally(a: &BenchArgs, t: &Tally, per_request: u64, wall: Duration, json: bool) {
+    let secs = t.longest.as_secs_f64().max(1e-9);
+    let h = &t.histogram;
     if json {
         println!(
             "{}",
@@ -300,18 +340,18 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
                 "concurrency": a.concurrency,
                 "channels": a.channels,
                 "batch_size": per_request,
-                "requests": total,
-                "errors": errors,
+                "requests": t.requests,
+                "errors": t.errors,
                 "seconds": secs,
-                "requests_per_sec": total as f64 / secs,
-                "rows_per_sec": (total * per_request) as f64 / secs,
-                "p50_us": all.value_at_quantile(0.5),
-                "p99_us": all.value_at_quantile(0.99),
-                "p999_us": all.value_at_quantile(0.999),
-                "max_us": all.max(),
+                "requests_per_sec": t.requests as f64 / secs,
+                "rows_per_sec": (t.requests * per_request) as f64 / secs,
+                "p50_us": h.value_at_quantile(0.5),
+                "p99_us": h.value_at_quantile(0.99),
+                "p999_us": h.value_at_quantile(0.999),
+                "max_us": h.max(),
             })
         );
-        return Ok(());
+        return;
     }
     println!(
         "mode {:?}, concurrency {}, channels {}, explain {}, {} requests in {:.2} s (wall {:.2} s)",
@@ -319,21 +359,21 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
         a.concurrency,
         a.channels,
         a.explain,
-        total,
+        t.requests,
         secs,
-        started.elapsed().as_secs_f64()
+        wall.as_secs_f64()
     );
     println!(
-        "throughput {:.0} req/s, {:.0} customers/s, errors {errors}",
-        total as f64 / secs,
-        (total * per_request) as f64 / secs
+        "throughput {:.0} req/s, {:.0} customers/s, errors {}",
+        t.requests as f64 / secs,
+        (t.requests * per_request) as f64 / secs,
+        t.errors
     );
     println!(
         "latency us: p50 {} p99 {} p99.9 {} max {}",
-        all.value_at_quantile(0.5),
-        all.value_at_quantile(0.99),
-        all.value_at_quantile(0.999),
-        all.max()
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
     );
-    Ok(())
 }

@@ -4,19 +4,16 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::flags::{self, ServerArgs};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
-use crate::trainer::time::{parse_as_of, parse_timestamp};
+use crate::time::parse_timestamp;
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// Server address.
-    #[arg(
-        long,
-        env = "LOYALSCORE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The customer's id (overrides the one in --file).
     #[arg(long)]
     pub customer_id: Option<String>,
     /// A feature value, NAME=VALUE; repeat for every feature of the schema.
@@ -26,13 +23,14 @@ pub struct ScoreArgs {
     /// {"customer_id": .., "history": [{"time": .., "amount": .., "channel": ..}, ..]}.
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
-    /// Score as of the end of this date, or this RFC 3339 instant (history only; default now).
-    #[arg(long)]
-    pub as_of: Option<String>,
-    /// Pin a version instead of the one the server serves.
+    /// Score as of: YYYY-MM-DD (the end of that day) or an RFC 3339 instant (history only;
+    /// default: now, or the file's as_of).
+    #[arg(long, value_parser = flags::as_of)]
+    pub as_of: Option<i64>,
+    /// Pin this version id instead of the one the server serves (bypasses any experiment).
     #[arg(long)]
     pub version: Option<String>,
-    /// Ask for the top three reasons.
+    /// Ask for the top three reasons and the feature values used.
     #[arg(long)]
     pub explain: bool,
 }
@@ -69,14 +67,21 @@ fn request(a: &ScoreArgs) -> anyhow::Result<pb::ScoreRequest> {
         version: a.version.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let mut as_of = a.as_of.clone();
+    let mut as_of = a.as_of;
     if let Some(path) = &a.file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let f: FileRequest = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a score request", path.display()))?;
         req.customer_id = f.customer_id.unwrap_or_default();
-        as_of = as_of.or(f.as_of);
+        if as_of.is_none() {
+            as_of = f
+                .as_of
+                .as_deref()
+                .map(flags::as_of)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{}: as_of {e}", path.display()))?;
+        }
         req.input = match (f.features, f.history) {
             (Some(fs), None) => Some(pb::score_request::Input::Features(pb::Features {
                 names: fs.keys().cloned().collect(),
@@ -127,20 +132,16 @@ fn request(a: &ScoreArgs) -> anyhow::Result<pb::ScoreRequest> {
     if let Some(id) = &a.customer_id {
         req.customer_id = id.clone();
     }
-    if let Some(t) = as_of {
-        // As in the trainer, a date means the end of that day.
-        let seconds = parse_as_of(&t)
-            .with_context(|| format!("as_of {t:?} is neither YYYY-MM-DD nor RFC 3339"))?;
-        req.as_of = Some(prost_types::Timestamp { seconds, nanos: 0 });
-    }
+    req.as_of = as_of.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 });
     Ok(req)
 }
 
 pub async fn score(a: ScoreArgs, json: bool) -> anyhow::Result<()> {
     let req = request(&a)?;
-    let mut client = ScoringClient::connect(a.server.clone())
+    let server = &a.server.server;
+    let mut client = ScoringClient::connect(server.clone())
         .await
-        .with_context(|| format!("connecting to {}", a.server))?;
+        .with_context(|| format!("connecting to {server}"))?;
     let r = client
         .score(req)
         .await

@@ -23,3 +23,44 @@ pub fn init_tracing(filter: &str, json: bool) {
         b.try_init()
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every command of the three binaries has a help line, and so has
+    /// every subcommand: `--help` never shows a bare flag.
+    #[test]
+    fn every_flag_and_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path}: argument {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub
+                    .get_about()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path}: subcommand {}", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::admin::Cli::command(), "", &mut missing);
+        walk(&super::train::Cli::command(), "", &mut missing);
+        walk(&super::serve::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without a help line: {missing:#?}");
+    }
+}

@@ -7,38 +7,32 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 
+use crate::flags::{self, ServerArgs, TransactionsArgs};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
-use crate::trainer::time::parse_as_of;
+use crate::trainer::TransactionLog;
 use tonic::transport::Channel;
 
 #[derive(Args, Debug)]
 pub struct ScoreLogArgs {
-    /// Server address.
-    #[arg(
-        long,
-        env = "LOYALSCORE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
-    /// Transaction CSV: a path or an object-store URL.
-    #[arg(long)]
-    pub transactions: String,
-    /// Score as of: YYYY-MM-DD (end of that day) or RFC 3339; later transactions are not sent.
-    #[arg(long)]
-    pub as_of: String,
-    /// Output CSV.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub transactions: TransactionsArgs,
+    /// Score as of: YYYY-MM-DD (the end of that day) or an RFC 3339 instant; purchases from
+    /// then on are not sent.
+    #[arg(long, value_parser = flags::as_of)]
+    pub as_of: i64,
+    /// Output CSV: customer_id, churn_probability, clv, segment, model_version, experiment,
+    /// arm.
     #[arg(long)]
     pub out: std::path::PathBuf,
     /// Customers per BatchScore call.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
-    /// Pin a version (bypasses any experiment).
+    /// Pin this version id (bypasses any experiment).
     #[arg(long)]
     pub version: Option<String>,
-    /// Stop reading the transactions past this share of bad rows.
-    #[arg(long, default_value_t = 0.01)]
-    pub max_bad_share: f64,
     /// Seconds to wait for the server to be up with a model loaded (a job started beside it).
     #[arg(long, default_value_t = 30)]
     pub wait_secs: u64,
@@ -73,16 +67,10 @@ async fn ready_channel(server: &str, wait: std::time::Duration) -> anyhow::Resul
 }
 
 pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let as_of = parse_as_of(&a.as_of).with_context(|| {
-        format!(
-            "--as-of {:?} is neither YYYY-MM-DD nor an RFC 3339 timestamp",
-            a.as_of
-        )
-    })?;
     if a.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
-    let log = super::train::load_log(&a.transactions, a.max_bad_share, rt)?;
+    let log = super::train::load_log(&a.transactions, rt)?;
     let file =
         std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = std::io::BufWriter::new(file);
@@ -90,100 +78,126 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         w,
         "customer_id,churn_probability,clv,segment,model_version,experiment,arm"
     )?;
-    let (scored, failed) = rt.block_on(async {
-        let channel = ready_channel(&a.server, std::time::Duration::from_secs(a.wait_secs)).await?;
-        let mut client = ScoringClient::new(channel)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
-        let customers: Vec<usize> = (0..log.n_customers())
-            .filter(|&c| log.customer(c).first().is_some_and(|r| r.ts <= as_of))
-            .collect();
-        let (mut scored, mut failed) = (0u64, 0u64);
-        for chunk in customers.chunks(a.batch) {
-            let items = chunk
-                .iter()
-                .map(|&c| pb::ScoreRequest {
-                    customer_id: log.ids[c].clone(),
-                    input: Some(pb::score_request::Input::History(pb::History {
-                        transactions: log
-                            .customer(c)
-                            .iter()
-                            .take_while(|r| r.ts <= as_of)
-                            .map(|r| pb::Transaction {
-                                time: Some(prost_types::Timestamp {
-                                    seconds: r.ts,
-                                    nanos: 0,
-                                }),
-                                amount: r.amount,
-                                points_earned: r.points_earned,
-                                points_redeemed: r.points_redeemed,
-                                channel: log
-                                    .channel_names
-                                    .get(&r.channel)
-                                    .cloned()
-                                    .unwrap_or_default(),
-                            })
-                            .collect(),
-                    })),
-                    as_of: Some(prost_types::Timestamp {
-                        seconds: as_of,
-                        nanos: 0,
-                    }),
-                    version: a.version.clone().unwrap_or_default(),
-                    explain: false,
-                })
-                .collect();
-            let r = client
-                .batch_score(pb::BatchScoreRequest {
-                    items,
-                    feature_names: vec![],
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("BatchScore: {:?}: {}", s.code(), s.message()))?
-                .into_inner();
-            for item in r.results {
-                match item.result {
-                    Some(pb::batch_item::Result::Score(s)) => {
-                        scored += 1;
-                        writeln!(
-                            w,
-                            "{},{},{},{},{},{},{}",
-                            s.customer_id,
-                            if s.holdout {
-                                String::new()
-                            } else {
-                                format!("{:.6}", s.churn_probability)
-                            },
-                            if s.holdout {
-                                String::new()
-                            } else {
-                                format!("{:.2}", s.clv)
-                            },
-                            s.segment,
-                            s.model_version,
-                            s.experiment,
-                            s.arm
-                        )?;
-                    }
-                    Some(pb::batch_item::Result::Error(e)) => {
-                        failed += 1;
-                        if failed <= 5 {
-                            eprintln!("item {}: {} {}: {}", item.index, e.code, e.field, e.message);
-                        }
-                    }
-                    None => failed += 1,
-                }
-            }
-        }
-        anyhow::Ok((scored, failed))
-    })?;
+    let counts = rt.block_on(score_all(&a, &log, &mut w))?;
     w.flush()?;
     println!(
-        "scored {scored} customers into {} ({failed} failed)",
-        a.out.display()
+        "scored {} customers into {} ({} failed)",
+        counts.scored,
+        a.out.display(),
+        counts.failed
     );
-    if failed > 0 {
-        anyhow::bail!("{failed} customers could not be scored");
+    if counts.failed > 0 {
+        anyhow::bail!("{} customers could not be scored", counts.failed);
+    }
+    Ok(())
+}
+
+/// Customer `c`'s history at `as_of` (the purchases before it), as a Score request.
+pub fn history_request(
+    log: &TransactionLog,
+    c: usize,
+    as_of: i64,
+    version: &str,
+) -> pb::ScoreRequest {
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let transactions = log
+        .history(c, as_of)
+        .iter()
+        .map(|r| pb::Transaction {
+            time: at(r.ts),
+            amount: r.amount,
+            points_earned: r.points_earned,
+            points_redeemed: r.points_redeemed,
+            channel: log
+                .channel_names
+                .get(&r.channel)
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect();
+    pb::ScoreRequest {
+        customer_id: log.ids[c].clone(),
+        input: Some(pb::score_request::Input::History(pb::History {
+            transactions,
+        })),
+        as_of: at(as_of),
+        version: version.to_string(),
+        explain: false,
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    scored: u64,
+    failed: u64,
+}
+
+/// Every customer with a purchase before `--as-of`, in BatchScore calls of `--batch`.
+async fn score_all(
+    a: &ScoreLogArgs,
+    log: &TransactionLog,
+    w: &mut impl Write,
+) -> anyhow::Result<Counts> {
+    let wait = std::time::Duration::from_secs(a.wait_secs);
+    let channel = ready_channel(&a.server.server, wait).await?;
+    let mut client = ScoringClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let customers: Vec<usize> = (0..log.n_customers())
+        .filter(|&c| !log.history(c, a.as_of).is_empty())
+        .collect();
+    let version = a.version.as_deref().unwrap_or_default();
+    let mut counts = Counts::default();
+    for chunk in customers.chunks(a.batch) {
+        let items = chunk
+            .iter()
+            .map(|&c| history_request(log, c, a.as_of, version))
+            .collect();
+        let r = client
+            .batch_score(pb::BatchScoreRequest {
+                items,
+                feature_names: vec![],
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("BatchScore: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        for item in r.results {
+            write_result(w, item, &mut counts)?;
+        }
+    }
+    Ok(counts)
+}
+
+/// One answer as a CSV row (holdout customers have no scores); errors go to stderr.
+fn write_result(
+    w: &mut impl Write,
+    item: pb::BatchItem,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
+    match item.result {
+        Some(pb::batch_item::Result::Score(s)) => {
+            counts.scored += 1;
+            let (churn, clv) = if s.holdout {
+                (String::new(), String::new())
+            } else {
+                (
+                    format!("{:.6}", s.churn_probability),
+                    format!("{:.2}", s.clv),
+                )
+            };
+            writeln!(
+                w,
+                "{},{churn},{clv},{},{},{},{}",
+                s.customer_id, s.segment, s.model_version, s.experiment, s.arm
+            )?;
+        }
+        Some(pb::batch_item::Result::Error(e)) => {
+            counts.failed += 1;
+            if counts.failed <= 5 {
+                eprintln!("item {}: {} {}: {}", item.index, e.code, e.field, e.message);
+            }
+        }
+        None => counts.failed += 1,
     }
     Ok(())
 }

@@ -1,24 +1,18 @@
 //! `loyalscore traffic`: start, inspect, stop and audit an alias's A/B experiment.
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
-use super::admin::{reasoned, render, Who};
+use super::admin::{mv, print_records, render, Who};
+use crate::flags::AliasArgs;
 use crate::registry::{Experiment, Registry, RegistryError, TrafficRecord, HOLDOUT_ARM};
 use crate::routing::Arm;
-
-#[derive(Args, Debug)]
-pub struct AliasArg {
-    /// The alias whose traffic is split.
-    #[arg(long, default_value = "production")]
-    pub alias: String,
-}
 
 #[derive(Subcommand, Debug)]
 pub enum TrafficCmd {
     /// Start or change an experiment: customers split between arms by hash(salt, id).
     Set {
         #[command(flatten)]
-        alias: AliasArg,
+        alias: AliasArgs,
         /// Experiment name (reported in every response and exposure).
         #[arg(long)]
         experiment: String,
@@ -34,7 +28,7 @@ pub enum TrafficCmd {
         /// Share of customers, in [0, 1), held out of model scoring.
         #[arg(long, default_value_t = 0.0)]
         holdout: f64,
-        /// Compare-and-swap: the traffic record you last saw (0: none yet).
+        /// Compare-and-swap: the number of the traffic record you last saw (0: none yet).
         #[arg(long)]
         expect_seq: Option<u64>,
         #[command(flatten)]
@@ -43,12 +37,13 @@ pub enum TrafficCmd {
     /// The experiment running on the alias, if any.
     Show {
         #[command(flatten)]
-        alias: AliasArg,
+        alias: AliasArgs,
     },
     /// Stop the experiment: all traffic follows the alias again.
     Stop {
         #[command(flatten)]
-        alias: AliasArg,
+        alias: AliasArgs,
+        /// Compare-and-swap: the number of the traffic record you last saw.
         #[arg(long)]
         expect_seq: Option<u64>,
         #[command(flatten)]
@@ -57,7 +52,7 @@ pub enum TrafficCmd {
     /// Every change of the alias's traffic, oldest first.
     History {
         #[command(flatten)]
-        alias: AliasArg,
+        alias: AliasArgs,
     },
 }
 
@@ -94,15 +89,16 @@ pub async fn run(reg: &Registry, cmd: TrafficCmd, json: bool) -> anyhow::Result<
             expect_seq,
             who,
         } => {
-            let who = reasoned(who)?;
             let e = Experiment {
-                salt: salt.unwrap_or_else(|| experiment.clone()),
+                salt: salt.unwrap_or_default(),
                 name: experiment,
                 arms,
                 shadow,
                 holdout,
             };
-            let r = reg.set_traffic(&alias.alias, e, expect_seq, &who).await?;
+            let r = reg
+                .set_traffic(&alias.alias, e, expect_seq, &mv(who))
+                .await?;
             print_record(&r, json)
         }
         TrafficCmd::Stop {
@@ -110,8 +106,7 @@ pub async fn run(reg: &Registry, cmd: TrafficCmd, json: bool) -> anyhow::Result<
             expect_seq,
             who,
         } => {
-            let who = reasoned(who)?;
-            let r = reg.stop_traffic(&alias.alias, expect_seq, &who).await?;
+            let r = reg.stop_traffic(&alias.alias, expect_seq, &mv(who)).await?;
             print_record(&r, json)
         }
         TrafficCmd::Show { alias } => {
@@ -131,38 +126,30 @@ pub async fn run(reg: &Registry, cmd: TrafficCmd, json: bool) -> anyhow::Result<
                 }
             }
         }
-        TrafficCmd::History { alias } => {
-            let h = reg.traffic_history(&alias.alias).await?;
-            if h.is_empty() {
-                return Err(RegistryError::NoExperiment(alias.alias).into());
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
-                return Ok(());
-            }
-            let table: Vec<Vec<String>> = h
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.seq.to_string(),
-                        r.at.clone(),
-                        r.actor.clone(),
-                        r.action.clone(),
-                        r.experiment.as_ref().map_or("-".into(), summary),
-                        r.reason.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                render(
-                    &["SEQ", "AT", "ACTOR", "ACTION", "EXPERIMENT", "REASON"],
-                    &table
-                )
-            );
-            Ok(())
-        }
+        TrafficCmd::History { alias } => history(reg, &alias.alias, json).await,
     }
+}
+
+async fn history(reg: &Registry, alias: &str, json: bool) -> anyhow::Result<()> {
+    let h = reg.traffic_history(alias).await?;
+    if h.is_empty() {
+        return Err(RegistryError::NoExperiment(alias.to_string()).into());
+    }
+    print_records(
+        json,
+        &h,
+        &["SEQ", "AT", "ACTOR", "ACTION", "EXPERIMENT", "REASON"],
+        |r| {
+            vec![
+                r.seq.to_string(),
+                r.at.clone(),
+                r.actor.clone(),
+                r.action.clone(),
+                r.experiment.as_ref().map_or("-".into(), summary),
+                r.reason.clone(),
+            ]
+        },
+    )
 }
 
 /// `churn-v2: control=v1:90 challenger=v2:10 shadow=v3 holdout=5%`.

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use object_store::ObjectStoreExt;
 
+use crate::flags::{self, AliasArgs, LogArgs, RegistryArgs, TransactionsArgs};
 use crate::model::BUNDLE_FILE;
 use crate::registry::{open_store, Registry};
+use crate::time::parse_timestamp;
 use crate::trainer::generate::{generate, write_truth, GenerateOptions};
-use crate::trainer::time::{parse_as_of, parse_timestamp};
 use crate::trainer::{self, report, FitOptions, LoadOptions, Overrides, RunInfo, TrainError};
 
 use super::progress::{bar, Bars};
@@ -24,9 +25,8 @@ use super::progress::{bar, Bars};
     about = "Train, evaluate and publish loyalscore models"
 )]
 pub struct Cli {
-    /// Log filter (tracing's EnvFilter syntax); logs go to stderr.
-    #[arg(long, env = "LOYALSCORE_LOG", default_value = "warn", global = true)]
-    pub log: String,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -48,24 +48,20 @@ pub struct ExperimentReportArgs {
     /// Where the server wrote exposures (its --exposure-log): a folder or a bucket URL.
     #[arg(long)]
     pub exposures: String,
-    /// Transactions covering the outcome windows (a path or an object-store URL).
-    #[arg(long)]
-    pub transactions: String,
-    /// The key the server hashed customer ids with.
+    #[command(flatten)]
+    pub transactions: TransactionsArgs,
+    /// The secret key the server hashed customer ids with (its --exposure-key).
     #[arg(long, env = "LOYALSCORE_EXPOSURE_KEY", hide_env_values = true)]
     pub exposure_key: String,
     /// The experiment to read out (needed when the exposures hold several).
     #[arg(long)]
     pub experiment: Option<String>,
-    /// Bootstrap resamples per arm.
+    /// Bootstrap resamples of the customers in each arm (at least 100).
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
-    /// Coverage of the intervals.
+    /// Two-sided coverage of the intervals, as a share in [0.5, 1) (0.95 = 95 % intervals).
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    /// Stop reading the transactions past this share of bad rows.
-    #[arg(long, default_value_t = 0.01)]
-    pub max_bad_share: f64,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -73,25 +69,22 @@ pub struct ExperimentReportArgs {
 
 #[derive(Args, Debug)]
 pub struct OfflineScoreArgs {
-    /// Transaction CSV: a path or an object-store URL.
-    #[arg(long)]
-    pub transactions: String,
-    /// Score as of: YYYY-MM-DD (end of that day) or RFC 3339.
-    #[arg(long)]
-    pub as_of: String,
-    #[arg(long, env = "LOYALSCORE_REGISTRY", default_value = "models")]
-    pub registry: String,
-    /// Use the version this alias points at ...
-    #[arg(long, default_value = "production")]
-    pub alias: String,
-    /// ... or this version.
+    #[command(flatten)]
+    pub transactions: TransactionsArgs,
+    /// Score as of: YYYY-MM-DD (the end of that day) or an RFC 3339 instant; purchases from
+    /// then on are not history.
+    #[arg(long, value_parser = flags::as_of)]
+    pub as_of: i64,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub alias: AliasArgs,
+    /// Score with this version id instead of the alias's.
     #[arg(long)]
     pub version: Option<String>,
     /// Output CSV: customer_id, churn_probability, clv, segment, version.
     #[arg(long, default_value = "scores.csv")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 0.01)]
-    pub max_bad_share: f64,
 }
 
 #[derive(Args, Debug)]
@@ -99,11 +92,10 @@ pub struct QuickstartArgs {
     /// Sample data to use, generated first if missing.
     #[arg(long, default_value = "data/sample.csv")]
     pub data: PathBuf,
+    /// Customers to generate when the sample data is missing.
     #[arg(long, default_value_t = 50_000)]
     pub customers: usize,
-    #[arg(long, env = "LOYALSCORE_REGISTRY", default_value = "models")]
-    pub registry: String,
-    /// Where the server listens.
+    /// Where the server listens, host:port.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
     /// Stop after promoting (do not start the server).
@@ -113,14 +105,16 @@ pub struct QuickstartArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
+    /// Customers to simulate.
     #[arg(long, default_value_t = 50_000)]
     pub customers: usize,
+    /// Random seed: the same seed gives the same file, byte for byte.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Output CSV; the ground truth goes beside it as NAME.truth.csv.
     #[arg(long, default_value = "data/sample.csv")]
     pub out: PathBuf,
-    /// First day of the log.
+    /// First day of the log, YYYY-MM-DD.
     #[arg(long, default_value = "2023-01-01")]
     pub start: String,
     /// Length of the log in days.
@@ -130,20 +124,18 @@ pub struct GenerateArgs {
 
 #[derive(Parser, Debug)]
 pub struct FitArgs {
-    /// Transaction CSV: a path, or an object-store URL (s3://, gs://, az://, file://).
-    #[arg(long)]
-    pub transactions: String,
-    /// Registry: a path or URL (file://, s3://bucket/prefix, gs://, az://).
-    #[arg(long, env = "LOYALSCORE_REGISTRY", default_value = "models")]
-    pub registry: String,
-    /// Validation snapshot: YYYY-MM-DD (end of that day) or RFC 3339. Default: end of data
-    /// minus the horizon.
-    #[arg(long)]
-    pub as_of: Option<String>,
-    /// Churn = no purchase within this many days; CLV = spend within them.
+    #[command(flatten)]
+    pub transactions: TransactionsArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Validation snapshot: YYYY-MM-DD (the end of that day) or an RFC 3339 instant.
+    /// Default: the end of the data minus the horizon.
+    #[arg(long, value_parser = flags::as_of)]
+    pub as_of: Option<i64>,
+    /// Horizon in days: churn = no purchase within it; CLV = spend within it.
     #[arg(long, default_value_t = 180)]
     pub horizon_days: u32,
-    /// Customers count at a snapshot if they bought within this many days before it.
+    /// A customer counts at a snapshot if they bought within this many days before it.
     #[arg(long, default_value_t = 365)]
     pub lookback_days: u32,
     /// Most earlier snapshots stacked for training in an out-of-time split.
@@ -155,26 +147,24 @@ pub struct FitArgs {
     /// Churn forest depth in levels (root = 1), or "none"; default: chosen on a grid.
     #[arg(long, value_parser = parse_depth)]
     pub churn_max_depth: Option<Depth>,
-    /// Churn forest minimum samples per leaf; default: chosen on a grid.
+    /// Churn forest minimum training rows per leaf; default: chosen on a grid.
     #[arg(long)]
     pub churn_min_samples_leaf: Option<usize>,
-    /// CLV forest depth in levels, or "none"; default: chosen on a grid.
+    /// CLV forest depth in levels (root = 1), or "none"; default: chosen on a grid.
     #[arg(long, value_parser = parse_depth)]
     pub clv_max_depth: Option<Depth>,
-    /// CLV forest minimum samples per leaf; default: chosen on a grid.
+    /// CLV forest minimum training rows per leaf; default: chosen on a grid.
     #[arg(long)]
     pub clv_min_samples_leaf: Option<usize>,
-    /// Features tried per split (default: square root of the feature count).
+    /// Features tried per split (default: the square root of the feature count).
     #[arg(long)]
     pub mtry: Option<usize>,
+    /// Random seed of the forests: the same seed and thread count give the same version.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Training rows are sampled down to about this many.
+    /// Training rows are sampled (by customer hash) down to about this many.
     #[arg(long, default_value_t = 400_000)]
     pub max_train_rows: usize,
-    /// Stop when more than this share of rows is bad.
-    #[arg(long, default_value_t = 0.01)]
-    pub max_bad_share: f64,
     /// Threads for fitting (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -211,7 +201,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The embedded default end to end: sample data (generated unless present), a trained
 /// version promoted to production in the registry, and a server until Ctrl-C.
-pub fn run_quickstart(a: QuickstartArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub fn run_quickstart(
+    a: QuickstartArgs,
+    registry: &RegistryArgs,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
     if a.data.exists() {
         println!("using existing sample data {}", a.data.display());
     } else {
@@ -224,9 +218,16 @@ pub fn run_quickstart(a: QuickstartArgs, rt: &tokio::runtime::Runtime) -> anyhow
         })?;
     }
     let data = a.data.to_string_lossy().to_string();
-    let fit = FitArgs::try_parse_from(["fit", "--transactions", &data, "--registry", &a.registry])?;
+    let fit = FitArgs::try_parse_from([
+        "fit",
+        "--transactions",
+        &data,
+        "--registry",
+        &registry.registry,
+    ])?;
     let version = run_fit(fit)?.context("the quickstart publishes a version")?;
-    let registry = Registry::open(&a.registry)?;
+    let url = &registry.registry;
+    let registry = Registry::open(url)?;
     let mv = crate::registry::Move {
         actor: std::env::var("USER").unwrap_or_else(|_| "quickstart".into()),
         reason: "quickstart".into(),
@@ -261,7 +262,7 @@ pub fn run_quickstart(a: QuickstartArgs, rt: &tokio::runtime::Runtime) -> anyhow
         "--listen",
         &a.listen,
         "--registry",
-        &a.registry,
+        url,
         "--metrics-listen",
         "off",
         "--log",
@@ -306,30 +307,25 @@ fn write_example(data: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 fn run_offline_score(a: OfflineScoreArgs) -> anyhow::Result<()> {
-    let as_of = parse_as_of(&a.as_of).with_context(|| {
-        format!(
-            "--as-of {:?} is neither YYYY-MM-DD nor an RFC 3339 timestamp",
-            a.as_of
-        )
-    })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let registry = Registry::open(&a.registry)?;
+    let registry = Registry::open(&a.registry.registry)?;
     let version = match &a.version {
         Some(v) => v.clone(),
         None => {
-            rt.block_on(registry.alias(&a.alias))?
-                .with_context(|| format!("alias {} does not exist; pass --version", a.alias))?
+            let alias = &a.alias.alias;
+            rt.block_on(registry.alias(alias))?
+                .with_context(|| format!("alias {alias} does not exist; pass --version"))?
                 .version
         }
     };
     let (manifest, bundle) = rt.block_on(registry.load(&version))?;
-    let model = crate::scoring::Model::new(manifest, bundle).map_err(anyhow::Error::msg)?;
-    let log = load_log(&a.transactions, a.max_bad_share, &rt)?;
+    let model = crate::scoring::Model::new(manifest, bundle)?;
+    let log = load_log(&a.transactions, &rt)?;
     let file = File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = BufWriter::new(file);
-    let counts = crate::trainer::batch::score_log(&log, &model, as_of, &mut w)?;
+    let counts = crate::trainer::batch::score_log(&log, &model, a.as_of, &mut w)?;
     w.flush()?;
     println!(
         "scored {} customers with {} into {} ({} without a purchase before --as-of skipped)",
@@ -355,7 +351,7 @@ fn run_experiment_report(a: ExperimentReportArgs) -> anyhow::Result<()> {
     let exposures = rt
         .block_on(crate::exposure::read_all(&a.exposures))
         .with_context(|| format!("reading exposures from {}", a.exposures))?;
-    let log = load_log(&a.transactions, a.max_bad_share, &rt)?;
+    let log = load_log(&a.transactions, &rt)?;
     let opts = trainer::experiment::ReportOptions {
         bootstrap: a.bootstrap,
         confidence: a.confidence,
@@ -414,10 +410,11 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 
 /// Reads a transaction log from a path or URL, with a progress bar.
 pub(crate) fn load_log(
-    src: &str,
-    max_bad_share: f64,
+    t: &TransactionsArgs,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<trainer::TransactionLog> {
+    let src = t.transactions.as_str();
+    let max_bad_share = t.max_bad_share;
     let (reader, len) = open_transactions(src, rt)?;
     let pb = bar("reading transactions", len, true);
     let pb2 = pb.clone();
@@ -460,30 +457,18 @@ fn open_transactions(
 
 /// Trains and, unless a dry run, publishes; returns the published version.
 pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
-    let as_of = match &a.as_of {
-        Some(s) => Some(parse_as_of(s).with_context(|| {
-            format!("--as-of {s:?} is neither YYYY-MM-DD nor an RFC 3339 timestamp")
-        })?),
-        None => None,
-    };
-    if !(0.0..=1.0).contains(&a.max_bad_share) {
-        bail!(
-            "--max-bad-share must be between 0 and 1, got {}",
-            a.max_bad_share
-        );
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // Open the registry first: a bad URL should fail before minutes of training.
-    let registry = Registry::open(&a.registry)?;
+    let registry = Registry::open(&a.registry.registry)?;
 
-    let log = load_log(&a.transactions, a.max_bad_share, &rt)?;
+    let log = load_log(&a.transactions, &rt)?;
     print!("{}", report::data_quality(&log.quality));
 
     let opts = FitOptions {
         horizon_days: a.horizon_days,
-        as_of,
+        as_of: a.as_of,
         lookback_days: a.lookback_days,
         train_snapshots: a.train_snapshots,
         n_trees: a.trees.max(1),

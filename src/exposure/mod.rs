@@ -261,9 +261,12 @@ async fn flush(
     while !buf.is_empty() {
         let n = buf.len().min(opts.batch.max(1));
         let mut body = Vec::with_capacity(n * 256);
+        let mut unwritable = 0;
         for e in &buf[..n] {
             if serde_json::to_writer(&mut body, e).is_ok() {
                 body.push(b'\n');
+            } else {
+                unwritable += 1;
             }
         }
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
@@ -282,7 +285,9 @@ async fn flush(
             .await
         {
             Ok(_) => {
-                stats.written += n as u64;
+                // A record that cannot be encoded is lost, not written.
+                stats.written += (n - unwritable) as u64;
+                stats.lost += unwritable as u64;
                 stats.objects += 1;
                 buf.drain(..n);
             }

@@ -48,6 +48,19 @@ pub fn day_of(ts: i64) -> i32 {
     ts.div_euclid(DAY) as i32
 }
 
+/// The one rule for what a score as of `as_of` sees: purchases strictly before it. Snapshot
+/// rows, offline and online scoring, the server's check of a history and the outcome windows
+/// of an experiment read-out all ask this function, so a purchase at the as-of instant (a
+/// date-only purchase on the day after `--as-of 2025-05-31`) is outside the history everywhere.
+pub fn is_history(ts: i64, as_of: i64) -> bool {
+    ts < as_of
+}
+
+/// The part of a time-ordered slice that is history at `as_of` (see [`is_history`]).
+pub fn history_at<T>(sorted: &[T], as_of: i64, ts: impl Fn(&T) -> i64) -> &[T] {
+    &sorted[..sorted.partition_point(|t| is_history(ts(t), as_of))]
+}
+
 /// The reference day of `as_of`: the day holding the last instant strictly before it.
 pub fn reference_day(as_of: i64) -> i32 {
     day_of(as_of - 1)

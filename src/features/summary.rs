@@ -203,7 +203,7 @@ impl CustomerSummary {
         if self.purchases == 0 {
             return Err(FeatureError::NoPurchases);
         }
-        if as_of <= self.last_ts {
+        if !super::is_history(self.last_ts, as_of) {
             return Err(FeatureError::AsOfNotAfterLastPurchase {
                 as_of,
                 last: self.last_ts,

@@ -232,11 +232,6 @@ impl FlatForest {
         self.walk.get_or_init(|| self.build_walk())
     }
 
-    /// Builds the walking layout now rather than on the first prediction.
-    pub fn warm(&self) {
-        let _ = self.walk();
-    }
-
     /// Checks everything prediction relies on, so that a decoded artifact cannot make the hot
     /// loop index out of bounds or loop forever: children lie after their parent and inside
     /// the array, features inside the vector, numbers finite.

@@ -141,9 +141,8 @@ pub struct FileEntry {
 }
 
 impl Manifest {
-    pub fn to_json(&self) -> Vec<u8> {
-        // A manifest is plain data: serialising it cannot fail.
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec_pretty(self)
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {

@@ -45,11 +45,31 @@ impl Expect {
     }
 }
 
-/// Who moves an alias and why.
+/// Who moves an alias (or changes traffic) and why.
 #[derive(Debug, Clone)]
 pub struct Move {
     pub actor: String,
     pub reason: String,
+}
+
+impl Move {
+    /// Every change records why: a set or a traffic change without a reason is refused.
+    pub(super) fn check_reason(&self) -> Result<(), RegistryError> {
+        if self.reason.trim().is_empty() {
+            Err(RegistryError::ReasonRequired)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A rollback's reason may be left out: the record then says "rollback".
+    fn or_rollback(&self) -> Move {
+        let mut m = self.clone();
+        if m.reason.trim().is_empty() {
+            m.reason = "rollback".into();
+        }
+        m
+    }
 }
 
 /// Alias names become path segments, like version ids.
@@ -114,10 +134,12 @@ impl Registry {
         expect: &Expect,
         mv: &Move,
     ) -> Result<AliasRecord, RegistryError> {
+        mv.check_reason()?;
         self.move_alias(name, version, expect, mv, "set").await
     }
 
-    /// Moves the alias back to the version it pointed at before its latest move.
+    /// Moves the alias back to the version it pointed at before its latest move. Without a
+    /// reason the move is recorded as "rollback".
     pub async fn rollback_alias(
         &self,
         name: &str,
@@ -135,7 +157,7 @@ impl Registry {
             name,
             &previous,
             &Expect::Version(current.version),
-            mv,
+            &mv.or_rollback(),
             "rollback",
         )
         .await
@@ -189,7 +211,7 @@ impl Registry {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             reason: mv.reason.clone(),
         };
-        let body = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        let body = serde_json::to_vec_pretty(&record)?;
         if self.journal_create(&["aliases", name], seq, body).await? {
             Ok(record)
         } else {

@@ -18,7 +18,6 @@ mod traffic;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::model::{Manifest, ModelBundle, ModelError, BUNDLE_FILE, MANIFEST_FILE};
@@ -71,7 +70,13 @@ pub enum RegistryError {
         reason: String,
     },
     #[error("traffic: {0}")]
-    BadTraffic(String),
+    BadTraffic(#[from] crate::routing::ExperimentError),
+    #[error("traffic of alias {0}: the experiment is already running exactly so; nothing changed")]
+    TrafficUnchanged(String),
+    #[error("a reason is required: say why, for the audit history (--reason on the command line, `reason` in the admin RPCs)")]
+    ReasonRequired,
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
     #[error("alias {0} has no experiment running")]
     NoExperiment(String),
     #[error("traffic of alias {alias} is at record {actual}, not the expected {expected}; nothing changed")]
@@ -171,7 +176,7 @@ impl Registry {
         }
         self.put_new(
             &self.key(&["versions", v, MANIFEST_FILE]),
-            Bytes::from(manifest.to_json()),
+            Bytes::from(manifest.to_json()?),
             v,
         )
         .await
@@ -287,17 +292,5 @@ impl Registry {
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Keys of every object under the registry root (for tests and tools).
-    pub async fn all_keys(&self) -> Result<Vec<Path>, RegistryError> {
-        let mut keys: Vec<Path> = self
-            .store
-            .list(Some(&self.root))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
-        keys.sort();
-        Ok(keys)
     }
 }

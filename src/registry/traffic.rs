@@ -41,7 +41,7 @@ impl Registry {
             )));
         }
         if let Some(e) = &r.experiment {
-            e.validate().map_err(corrupt)?;
+            e.validate().map_err(|e| corrupt(e.to_string()))?;
         }
         Ok(r)
     }
@@ -66,15 +66,20 @@ impl Registry {
     }
 
     /// Starts or changes the alias's experiment. Every version it names must exist and pass
-    /// its checksums. `expect_seq`, when given, is the record the caller last saw (0: none).
+    /// its checksums; an empty salt becomes the experiment's name. `expect_seq`, when given,
+    /// is the record the caller last saw (0: none).
     pub async fn set_traffic(
         &self,
         alias: &str,
-        experiment: Experiment,
+        mut experiment: Experiment,
         expect_seq: Option<u64>,
         mv: &Move,
     ) -> Result<TrafficRecord, RegistryError> {
-        experiment.validate().map_err(RegistryError::BadTraffic)?;
+        mv.check_reason()?;
+        if experiment.salt.is_empty() {
+            experiment.salt = experiment.name.clone();
+        }
+        experiment.validate()?;
         for v in experiment.versions() {
             self.load(&v).await?;
         }
@@ -89,6 +94,7 @@ impl Registry {
         expect_seq: Option<u64>,
         mv: &Move,
     ) -> Result<TrafficRecord, RegistryError> {
+        mv.check_reason()?;
         self.write_traffic(alias, None, expect_seq, mv, "stop")
             .await
     }
@@ -117,9 +123,7 @@ impl Registry {
             return Err(RegistryError::NoExperiment(alias.to_string()));
         }
         if experiment.is_some() && experiment.as_ref() == running {
-            return Err(RegistryError::BadTraffic(
-                "the experiment is already running exactly so; nothing changed".into(),
-            ));
+            return Err(RegistryError::TrafficUnchanged(alias.to_string()));
         }
         let record = TrafficRecord {
             alias: alias.to_string(),
@@ -130,7 +134,7 @@ impl Registry {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             reason: mv.reason.clone(),
         };
-        let body = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        let body = serde_json::to_vec_pretty(&record)?;
         if self
             .journal_create(&["traffic", alias], record.seq, body)
             .await?

@@ -71,61 +71,86 @@ impl Experiment {
             .collect()
     }
 
-    /// Checks what can be checked without the store; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |m: String| Err(m);
+    /// Checks what can be checked without the store; the error names the field.
+    pub fn validate(&self) -> Result<(), ExperimentError> {
+        let bad = |field: String, problem: String| Err(ExperimentError { field, problem });
+        const NAME_RULE: &str = "letters, digits, '.', '_' and '-' only";
         if !is_id(&self.name) {
-            return bad(format!(
-                "experiment name {:?}: letters, digits, '.', '_' and '-' only",
-                self.name
-            ));
+            return bad("name".into(), format!("{:?}: {NAME_RULE}", self.name));
         }
         if self.salt.is_empty() {
-            return bad("salt: is empty".into());
+            return bad("salt".into(), "is empty".into());
         }
         if self.arms.is_empty() {
-            return bad("arms: an experiment needs at least one arm".into());
+            return bad("arms".into(), "an experiment needs at least one arm".into());
         }
         let mut names = HashSet::new();
         for (i, a) in self.arms.iter().enumerate() {
+            let field = |f: &str| format!("arms[{i}].{f}");
             if !is_id(&a.name) || a.name == HOLDOUT_ARM {
-                return bad(format!(
-                    "arms[{i}].name {:?}: letters, digits, '.', '_' and '-' only, and not {HOLDOUT_ARM:?}",
-                    a.name
-                ));
+                return bad(
+                    field("name"),
+                    format!("{:?}: {NAME_RULE}, and not {HOLDOUT_ARM:?}", a.name),
+                );
             }
             if !names.insert(a.name.as_str()) {
-                return bad(format!("arms[{i}].name: arm {:?} is listed twice", a.name));
+                return bad(field("name"), format!("arm {:?} is listed twice", a.name));
             }
             if !is_id(&a.version) {
-                return bad(format!(
-                    "arms[{i}].version {:?} is not a version id",
-                    a.version
-                ));
+                return bad(
+                    field("version"),
+                    format!("{:?} is not a version id", a.version),
+                );
             }
-            if a.weight > 1_000_000 {
-                return bad(format!("arms[{i}].weight: {} is above 1000000", a.weight));
+            if a.weight > MAX_WEIGHT {
+                return bad(
+                    field("weight"),
+                    format!("{} is above {MAX_WEIGHT}", a.weight),
+                );
             }
         }
         if self.arms.iter().all(|a| a.weight == 0) {
-            return bad("arms: every weight is 0".into());
+            return bad("arms".into(), "every weight is 0".into());
         }
         for (i, v) in self.shadow.iter().enumerate() {
             if !is_id(v) {
-                return bad(format!("shadow[{i}] {v:?} is not a version id"));
+                return bad(format!("shadow[{i}]"), format!("{v:?} is not a version id"));
             }
             if self.shadow[..i].contains(v) {
-                return bad(format!("shadow[{i}]: version {v} is listed twice"));
+                return bad(
+                    format!("shadow[{i}]"),
+                    format!("version {v} is listed twice"),
+                );
             }
         }
         if !(0.0..1.0).contains(&self.holdout) {
-            return bad(format!(
-                "holdout: {} is not a share in [0, 1)",
-                self.holdout
-            ));
+            return bad(
+                "holdout".into(),
+                format!("{} is not a share in [0, 1)", self.holdout),
+            );
         }
         Ok(())
     }
+}
+
+/// Largest weight of one arm (weights are relative; this keeps their sum far from overflow).
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// Why an experiment is not valid: the field (`arms[1].weight`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ExperimentError {
+    pub field: String,
+    pub problem: String,
+}
+
+/// Why a routing could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RoutingError {
+    #[error("experiment: {0}")]
+    Invalid(#[from] ExperimentError),
+    #[error("version {0} is not loaded")]
+    NotLoaded(String),
 }
 
 /// Names and version ids become object-store path segments.
@@ -164,9 +189,9 @@ impl Routing {
         seq: u64,
         e: &Experiment,
         mut model: impl FnMut(&str) -> Option<Arc<Model>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RoutingError> {
         e.validate()?;
-        let mut get = |v: &str| model(v).ok_or_else(|| format!("version {v} is not loaded"));
+        let mut get = |v: &str| model(v).ok_or_else(|| RoutingError::NotLoaded(v.to_string()));
         let models = e
             .arms
             .iter()

@@ -32,17 +32,37 @@ pub enum ScoringError {
     /// A request field is wrong; `field` is its path ("history.transactions[3].amount").
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
-    #[error("version {0} does not exist or cannot be loaded")]
+    #[error("version {0} does not exist")]
     VersionNotFound(String),
+    /// The version could not be read now (the store is unreachable): worth retrying.
+    #[error("version {version} cannot be loaded now: {reason}")]
+    VersionUnavailable { version: String, reason: String },
+    /// The version exists but cannot answer here (corrupt, or another feature schema).
+    #[error("version {version} cannot be used: {reason}")]
+    VersionUnusable { version: String, reason: String },
     #[error("no model version is loaded yet")]
     NotReady,
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScoringError {
-    ScoringError::Invalid {
-        field: field.into(),
-        message: message.into(),
+impl ScoringError {
+    /// A wrong request field, named by its path.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ScoringError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
+}
+
+/// A bundle laid out for another feature schema than the one this build computes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("version {version} uses feature schema v{found} ({found_len} features); this build computes v{want} ({want_len} features)")]
+pub struct SchemaMismatch {
+    pub version: String,
+    pub found: u32,
+    pub found_len: usize,
+    pub want: u32,
+    pub want_len: usize,
 }
 
 /// A loaded, verified version, ready to score.
@@ -56,17 +76,16 @@ pub struct Model {
 
 impl Model {
     /// Accepts a bundle only if its schema is the one this build computes from histories.
-    pub fn new(manifest: Manifest, bundle: ModelBundle) -> Result<Self, String> {
+    pub fn new(manifest: Manifest, bundle: ModelBundle) -> Result<Self, SchemaMismatch> {
         let current = FeatureSchema::current();
         if bundle.schema != current {
-            return Err(format!(
-                "version {} uses feature schema v{} ({} features); this server computes v{} ({} features)",
-                manifest.version,
-                bundle.schema.version,
-                bundle.schema.len(),
-                current.version,
-                current.len()
-            ));
+            return Err(SchemaMismatch {
+                version: manifest.version,
+                found: bundle.schema.version,
+                found_len: bundle.schema.len(),
+                want: current.version,
+                want_len: current.len(),
+            });
         }
         let spend_trend = current.index_of("spend_trend").unwrap_or(0);
         Ok(Model {
@@ -106,7 +125,7 @@ pub fn features_from_rows(
     n_rows: usize,
 ) -> Result<Vec<FeatureVector>, ScoringError> {
     if values.len() != n_rows * N_FEATURES {
-        return Err(invalid(
+        return Err(ScoringError::invalid(
             field,
             format!(
                 "{} values for {n_rows} rows of {N_FEATURES} features",
@@ -121,7 +140,7 @@ pub fn features_from_rows(
             let mut f = [0.0; N_FEATURES];
             for (j, (&v, slot)) in row.iter().zip(f.iter_mut()).enumerate() {
                 if !v.is_finite() {
-                    return Err(invalid(
+                    return Err(ScoringError::invalid(
                         format!("{field}[{r}][{j}]"),
                         format!(
                             "{} is {v}, not a finite number",
@@ -143,7 +162,7 @@ pub fn features_from_named(
     values: &[f64],
 ) -> Result<FeatureVector, ScoringError> {
     if names.len() != values.len() {
-        return Err(invalid(
+        return Err(ScoringError::invalid(
             "features.values",
             format!("{} values for {} names", values.len(), names.len()),
         ));
@@ -170,14 +189,14 @@ impl NamePlan {
                 i
             } else {
                 schema.index_of(name).ok_or_else(|| {
-                    invalid(
+                    ScoringError::invalid(
                         format!("features.names[{i}]"),
                         format!("unknown feature {name:?}"),
                     )
                 })?
             };
             if seen[j] {
-                return Err(invalid(
+                return Err(ScoringError::invalid(
                     format!("features.names[{i}]"),
                     format!("feature {name:?} is given twice"),
                 ));
@@ -186,7 +205,7 @@ impl NamePlan {
             to.push(j);
         }
         if let Some(j) = seen.iter().position(|s| !s) {
-            return Err(invalid(
+            return Err(ScoringError::invalid(
                 "features.names",
                 format!("missing feature {:?}", schema.names[j]),
             ));
@@ -197,7 +216,7 @@ impl NamePlan {
     /// The vector for values in the plan's name order, each checked finite.
     pub fn features(&self, values: &[f64]) -> Result<FeatureVector, ScoringError> {
         if values.len() != self.to.len() {
-            return Err(invalid(
+            return Err(ScoringError::invalid(
                 "features.values",
                 format!("{} values for {} names", values.len(), self.to.len()),
             ));
@@ -205,7 +224,7 @@ impl NamePlan {
         let mut f = [0.0; N_FEATURES];
         for (i, (&j, &v)) in self.to.iter().zip(values).enumerate() {
             if !v.is_finite() {
-                return Err(invalid(
+                return Err(ScoringError::invalid(
                     format!("features.values[{i}]"),
                     format!(
                         "{} is {v}, not a finite number",
@@ -219,10 +238,24 @@ impl NamePlan {
     }
 }
 
+/// Refuses a batch of more customers than the limit (BatchScore items, KServe V2 rows).
+pub fn check_batch_len(field: &str, n: usize, limits: &Limits) -> Result<(), ScoringError> {
+    if n > limits.max_batch {
+        return Err(ScoringError::invalid(
+            field,
+            format!(
+                "has {n} customers, more than the limit of {}",
+                limits.max_batch
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a history longer than the limit (callers check before converting a payload too).
 pub fn check_history_len(n: usize, limits: &Limits) -> Result<(), ScoringError> {
     if n > limits.max_history {
-        return Err(invalid(
+        return Err(ScoringError::invalid(
             "history.transactions",
             format!(
                 "has {n} transactions, more than the limit of {}",
@@ -241,7 +274,7 @@ pub fn features_from_history(
 ) -> Result<FeatureVector, ScoringError> {
     const FIELD: &str = "history.transactions";
     if txs.is_empty() {
-        return Err(invalid(
+        return Err(ScoringError::invalid(
             FIELD,
             "is empty: a customer needs at least one purchase",
         ));
@@ -255,20 +288,20 @@ pub fn features_from_history(
                 FeatureError::BadPoints { field, .. } => (field, e.to_string()),
                 other => ("", other.to_string()),
             };
-            return Err(invalid(format!("{FIELD}[{i}].{field}"), msg));
+            return Err(ScoringError::invalid(format!("{FIELD}[{i}].{field}"), msg));
         }
-        if t.ts >= as_of {
-            return Err(invalid(
+        if !crate::features::is_history(t.ts, as_of) {
+            return Err(ScoringError::invalid(
                 format!("{FIELD}[{i}].time"),
                 "is not before as_of: score a history only up to the moment it describes",
             ));
         }
     }
-    let summary =
-        CustomerSummary::from_transactions(txs).map_err(|e| invalid(FIELD, e.to_string()))?;
+    let summary = CustomerSummary::from_transactions(txs)
+        .map_err(|e| ScoringError::invalid(FIELD, e.to_string()))?;
     summary
         .features(as_of)
-        .map_err(|e| invalid(FIELD, e.to_string()))
+        .map_err(|e| ScoringError::invalid(FIELD, e.to_string()))
 }
 
 /// Scores a feature vector with both forests; reasons only when asked (they cost a second

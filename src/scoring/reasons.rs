@@ -69,8 +69,22 @@ fn plural(n: f64, one: &str, many: &str) -> String {
 
 /// One sentence about a feature's value, and which way it pushes the churn risk.
 pub fn reason_text(name: &str, f: &FeatureVector, contribution: f64) -> String {
+    let effect = if contribution > 0.0 {
+        "raises"
+    } else {
+        "lowers"
+    };
+    format!(
+        "{} ({effect} churn risk by {:.1} points)",
+        fact(name, f),
+        100.0 * contribution.abs()
+    )
+}
+
+/// What a feature's value says about the customer, in words.
+fn fact(name: &str, f: &FeatureVector) -> String {
     let v = |n: &str| value(f, n);
-    let fact = match name {
+    match name {
         "recency_days" | "overdue_ratio" | "overdue_z" | "mean_gap_days" => {
             if v("recency_days") < 1.0 {
                 "bought within the last day".to_string()
@@ -142,14 +156,5 @@ pub fn reason_text(name: &str, f: &FeatureVector, contribution: f64) -> String {
         ),
         "distinct_channels" => plural(v("distinct_channels"), "channel used", "channels used"),
         other => other.replace('_', " "),
-    };
-    let effect = if contribution > 0.0 {
-        "raises"
-    } else {
-        "lowers"
-    };
-    format!(
-        "{fact} ({effect} churn risk by {:.1} points)",
-        100.0 * contribution.abs()
-    )
+    }
 }

@@ -70,7 +70,12 @@ pub(crate) fn tiny_model() -> Model {
         clv,
         segments: segments.clone(),
     };
-    let manifest = Manifest {
+    Model::new(test_manifest(p, segments), bundle).unwrap()
+}
+
+/// A manifest with nothing measured, for a model made in a test.
+fn test_manifest(p: ForestParams, segments: SegmentThresholds) -> Manifest {
+    Manifest {
         format: 1,
         version: "vtest".into(),
         created_at: String::new(),
@@ -117,8 +122,7 @@ pub(crate) fn tiny_model() -> Model {
         forced: false,
         segments,
         files: vec![],
-    };
-    Model::new(manifest, bundle).unwrap()
+    }
 }
 
 fn names() -> Vec<String> {
@@ -256,5 +260,6 @@ fn a_model_of_another_schema_is_refused() {
     bundle.schema.version += 1;
     assert!(Model::new(m.manifest.clone(), bundle)
         .unwrap_err()
+        .to_string()
         .contains("feature schema"));
 }

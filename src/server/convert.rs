@@ -12,7 +12,22 @@ pub fn scoring_code(e: &ScoringError) -> Code {
     match e {
         ScoringError::Invalid { .. } => Code::InvalidArgument,
         ScoringError::VersionNotFound(_) => Code::NotFound,
-        ScoringError::NotReady => Code::Unavailable,
+        ScoringError::VersionUnavailable { .. } | ScoringError::NotReady => Code::Unavailable,
+        ScoringError::VersionUnusable { .. } => Code::FailedPrecondition,
+    }
+}
+
+/// A BatchScore item's error: its code name, the field (if a field is wrong) and the message.
+pub fn item_error(e: ScoringError) -> pb::ItemError {
+    let code = super::metrics::code_name(scoring_code(&e)).to_string();
+    let (field, message) = match e {
+        ScoringError::Invalid { field, message } => (field, message),
+        other => (String::new(), other.to_string()),
+    };
+    pb::ItemError {
+        code,
+        field,
+        message,
     }
 }
 
@@ -26,42 +41,38 @@ pub fn registry_status(e: RegistryError) -> Status {
         RegistryError::BadVersionId(_)
         | RegistryError::BadAliasName(_)
         | RegistryError::BadUrl { .. }
-        | RegistryError::BadTraffic(_) => Code::InvalidArgument,
+        | RegistryError::BadTraffic(_)
+        | RegistryError::ReasonRequired => Code::InvalidArgument,
         RegistryError::ExpectMismatch { .. }
         | RegistryError::Unchanged { .. }
         | RegistryError::NothingToRollBack(_)
         | RegistryError::Corrupt { .. }
         | RegistryError::CorruptAlias { .. }
         | RegistryError::CorruptTraffic { .. }
-        | RegistryError::NoExperiment(_) => Code::FailedPrecondition,
+        | RegistryError::NoExperiment(_)
+        | RegistryError::TrafficUnchanged(_) => Code::FailedPrecondition,
         RegistryError::LostRace { .. }
         | RegistryError::VersionExists(_)
         | RegistryError::TrafficMoved { .. } => Code::Aborted,
         RegistryError::Store(_) => Code::Unavailable,
+        RegistryError::Encode(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
-}
-
-fn invalid(field: String, message: impl Into<String>) -> ScoringError {
-    ScoringError::Invalid {
-        field,
-        message: message.into(),
-    }
 }
 
 /// A protobuf timestamp as Unix seconds, inside the range features accept.
 pub fn timestamp(t: &prost_types::Timestamp, field: &str) -> Result<i64, ScoringError> {
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(invalid(
-            field.into(),
+        return Err(ScoringError::invalid(
+            field,
             format!("nanos {} is out of range", t.nanos),
         ));
     }
     if t.seconds < MIN_TS {
-        return Err(invalid(field.into(), "is before 1970-01-01"));
+        return Err(ScoringError::invalid(field, "is before 1970-01-01"));
     }
     if t.seconds >= MAX_TS {
-        return Err(invalid(field.into(), "is after 2199-12-31"));
+        return Err(ScoringError::invalid(field, "is after 2199-12-31"));
     }
     Ok(t.seconds)
 }
@@ -77,7 +88,7 @@ pub fn transactions(h: &pb::History, limits: &Limits) -> Result<Vec<Transaction>
             let time = t
                 .time
                 .as_ref()
-                .ok_or_else(|| invalid(field.clone(), "is missing"))?;
+                .ok_or_else(|| ScoringError::invalid(field.clone(), "is missing"))?;
             Ok(Transaction {
                 ts: timestamp(time, &field)?,
                 amount: t.amount,
@@ -133,14 +144,15 @@ pub fn alias_move(r: crate::registry::AliasRecord) -> pb::AliasMove {
     }
 }
 
-pub fn version_info(m: &crate::model::Manifest) -> pb::VersionInfo {
-    pb::VersionInfo {
+pub fn version_info(m: &crate::model::Manifest) -> Result<pb::VersionInfo, Status> {
+    let json = m.to_json().map_err(|e| registry_status(e.into()))?;
+    Ok(pb::VersionInfo {
         version: m.version.clone(),
         created_at: m.created_at.clone(),
         churn_roc_auc: m.metrics.churn.roc_auc,
         churn_baseline_roc_auc: m.metrics.churn_baseline.roc_auc,
         clv_spearman: m.metrics.clv.spearman,
         clv_baseline_spearman: m.metrics.clv_baseline.spearman,
-        manifest_json: String::from_utf8_lossy(&m.to_json()).into_owned(),
-    }
+        manifest_json: String::from_utf8_lossy(&json).into_owned(),
+    })
 }

@@ -2,6 +2,9 @@
 //! text on an HTTP port.
 
 use std::net::SocketAddr;
+use std::time::Instant;
+
+use tonic::Code;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -38,6 +41,24 @@ pub struct Metrics {
     pub exposures: IntCounterVec,
 }
 
+/// The gRPC code's name as a metric label (and in BatchScore item errors).
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::Aborted => "ABORTED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::Cancelled => "CANCELLED",
+        Code::Internal => "INTERNAL",
+        _ => "OTHER",
+    }
+}
+
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Metric definitions are constants: a failure here is a programming error at startup.
     r.unwrap_or_else(|e| panic!("metric definition: {e}"))
@@ -51,6 +72,7 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
+    // Long: one definition per exported metric; splitting it would only scatter the list.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("loyalscore".into()), None).unwrap_or_default();
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -172,6 +194,24 @@ impl Metrics {
             shadow_clv_diff,
             exposures,
         }
+    }
+
+    /// One answered request: counted by method, code and version, and timed.
+    pub fn observe_request(&self, method: &str, code: Code, version: &str, start: Instant) {
+        self.requests
+            .with_label_values(&[method, code_name(code), version])
+            .inc();
+        self.latency
+            .with_label_values(&[method])
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// A BatchScore's items by result.
+    pub fn count_batch_items(&self, ok: u64, failed: u64) {
+        self.batch_items.with_label_values(&["ok"]).inc_by(ok);
+        self.batch_items
+            .with_label_values(&["error"])
+            .inc_by(failed);
     }
 
     /// The text exposition format.

@@ -7,14 +7,45 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::Notify;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use super::metrics::Metrics;
-use crate::registry::Registry;
-use crate::routing::Routing;
-use crate::scoring::{Model, ScoringError};
+use crate::registry::{Registry, RegistryError};
+use crate::routing::{Experiment, Routing, RoutingError};
+use crate::scoring::{Model, SchemaMismatch, ScoringError};
+
+/// Why a version or a traffic document could not be put in service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Schema(#[from] SchemaMismatch),
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+}
+
+impl LoadError {
+    /// What a request that pinned `version` is told: a store outage is worth a retry
+    /// (`UNAVAILABLE`), a version that does not exist is not, nor is one that cannot serve.
+    fn for_request(self, version: &str) -> ScoringError {
+        let version = version.to_string();
+        match self {
+            LoadError::Registry(RegistryError::VersionNotFound(_)) => {
+                ScoringError::VersionNotFound(version)
+            }
+            LoadError::Registry(RegistryError::Store(e)) => ScoringError::VersionUnavailable {
+                version,
+                reason: e.to_string(),
+            },
+            other => ScoringError::VersionUnusable {
+                version,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
 
 /// The gRPC service names whose health follows the model.
 pub const HEALTH_SERVICES: [&str; 2] = ["", "loyalscore.v1.Scoring"];
@@ -33,7 +64,6 @@ pub struct Models {
     alias: String,
     metrics: Arc<Metrics>,
     health: HealthReporter,
-    pub wake: Notify,
     /// Serialises refreshes (the poller and an admin Promote may race).
     refresh_lock: tokio::sync::Mutex<()>,
 }
@@ -55,7 +85,6 @@ impl Models {
             alias,
             metrics,
             health,
-            wake: Notify::new(),
             refresh_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -88,9 +117,20 @@ impl Models {
                 return Ok(m.clone());
             }
         }
-        let m = self.load(version).await.map_err(|why| {
-            tracing::debug!(%version, %why, "pinned version unavailable");
-            ScoringError::VersionNotFound(version.to_string())
+        // Checked before it reaches a log line or a store key.
+        if !crate::model::is_safe_name(version) {
+            return Err(ScoringError::invalid(
+                "version",
+                "is not a version id (letters, digits, '.', '_' and '-' only)",
+            ));
+        }
+        let m = self.load(version).await.map_err(|e| {
+            if matches!(e, LoadError::Registry(RegistryError::Store(_))) {
+                tracing::warn!(%version, error = %e, "pinned version cannot be loaded: the registry is unavailable");
+            } else {
+                tracing::debug!(%version, error = %e, "pinned version cannot be used");
+            }
+            e.for_request(version)
         })?;
         if let Ok(mut p) = self.pinned.lock() {
             *p = Some(m.clone());
@@ -100,12 +140,8 @@ impl Models {
 
     /// Loads and verifies a version, then warms it: the forests' walking layout is built and
     /// their pages touched before the first request meets them.
-    async fn load(&self, version: &str) -> Result<Arc<Model>, String> {
-        let (manifest, bundle) = self
-            .registry
-            .load(version)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn load(&self, version: &str) -> Result<Arc<Model>, LoadError> {
+        let (manifest, bundle) = self.registry.load(version).await?;
         let model = Model::new(manifest, bundle)?;
         let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], true);
         Ok(Arc::new(model))
@@ -161,12 +197,12 @@ impl Models {
                     *g = (record.seq, None);
                 }
             }
-            Err(why) => {
+            Err(e) => {
                 self.metrics
                     .traffic_loads
                     .with_label_values(&["failed"])
                     .inc();
-                tracing::error!(seq = record.seq, %why, "cannot apply the traffic document; the previous routing stays");
+                tracing::error!(seq = record.seq, error = %e, "cannot apply the traffic document; the previous routing stays");
                 if let Ok(mut g) = self.traffic_seq.lock() {
                     g.1 = Some(record.seq);
                 }
@@ -174,11 +210,7 @@ impl Models {
         }
     }
 
-    async fn build_routing(
-        &self,
-        seq: u64,
-        exp: &crate::routing::Experiment,
-    ) -> Result<Routing, String> {
+    async fn build_routing(&self, seq: u64, exp: &Experiment) -> Result<Routing, LoadError> {
         // Versions already in memory are shared, not loaded twice.
         let mut held: Vec<Arc<Model>> = self.active().into_iter().collect();
         if let Some(r) = self.routing() {
@@ -192,9 +224,9 @@ impl Models {
                 loaded.push(self.load(&v).await?);
             }
         }
-        Routing::new(seq, exp, |v| {
+        Ok(Routing::new(seq, exp, |v| {
             loaded.iter().find(|m| m.version == v).cloned()
-        })
+        })?)
     }
 
     async fn refresh_alias(&self) -> Option<String> {
@@ -240,9 +272,9 @@ impl Models {
                 tracing::info!(version = %target, previous = ?current, alias = %self.alias, "now serving");
                 Some(target)
             }
-            Err(why) => {
+            Err(e) => {
                 self.metrics.loads.with_label_values(&["failed"]).inc();
-                tracing::error!(version = %target, %why, "failed to load; the previous version keeps serving");
+                tracing::error!(version = %target, error = %e, "failed to load; the previous version keeps serving");
                 if let Ok(mut f) = self.failed.lock() {
                     *f = Some(target);
                 }
@@ -251,7 +283,8 @@ impl Models {
         }
     }
 
-    /// Follows the alias until `stop` resolves: every `interval`, and at once when woken.
+    /// Follows the alias until `stop` resolves, every `interval`. (The admin RPCs that move
+    /// the alias call [`refresh`](Self::refresh) themselves, so they answer after the swap.)
     pub async fn follow(
         self: Arc<Self>,
         interval: Duration,
@@ -261,7 +294,6 @@ impl Models {
             self.refresh().await;
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
-                _ = self.wake.notified() => {}
                 _ = stop.changed() => return,
             }
         }

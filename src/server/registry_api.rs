@@ -8,7 +8,7 @@ use super::convert::{alias_move, registry_status, version_info};
 use super::models::Models;
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
-use crate::registry::{Expect, Experiment, Move, TrafficRecord};
+use crate::registry::{Expect, Experiment, Move, RegistryError, TrafficRecord};
 use crate::routing::Arm;
 
 pub struct RegistryService {
@@ -54,9 +54,11 @@ impl RegistryService {
     }
 }
 
-fn traffic_change(r: TrafficRecord) -> pb::TrafficChange {
-    pb::TrafficChange {
-        record_json: serde_json::to_string(&r).unwrap_or_default(),
+fn traffic_change(r: TrafficRecord) -> Result<pb::TrafficChange, Status> {
+    let record_json =
+        serde_json::to_string(&r).map_err(|e| registry_status(RegistryError::Encode(e)))?;
+    Ok(pb::TrafficChange {
+        record_json,
         alias: r.alias,
         seq: r.seq,
         action: r.action,
@@ -64,17 +66,7 @@ fn traffic_change(r: TrafficRecord) -> pb::TrafficChange {
         actor: r.actor,
         at: r.at,
         reason: r.reason,
-    }
-}
-
-fn need_reason(reason: &str) -> Result<(), Status> {
-    if reason.trim().is_empty() {
-        Err(Status::invalid_argument(
-            "reason: is empty; say why, for the audit history",
-        ))
-    } else {
-        Ok(())
-    }
+    })
 }
 
 fn mv(actor: String, reason: String) -> Move {
@@ -102,7 +94,11 @@ impl Registry for RegistryService {
             .await
             .map_err(registry_status)?;
         Ok(Response::new(pb::ListVersionsResponse {
-            versions: listing.versions.iter().map(version_info).collect(),
+            versions: listing
+                .versions
+                .iter()
+                .map(version_info)
+                .collect::<Result<_, _>>()?,
         }))
     }
 
@@ -117,7 +113,7 @@ impl Registry for RegistryService {
             .manifest(&req.get_ref().version)
             .await
             .map_err(registry_status)?;
-        Ok(Response::new(version_info(&m)))
+        Ok(Response::new(version_info(&m)?))
     }
 
     async fn promote(
@@ -126,7 +122,6 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::AliasMove>, Status> {
         self.check(&req)?;
         let r = req.into_inner();
-        need_reason(&r.reason)?;
         let alias = self.alias_or_default(&r.alias);
         let expect = if r.expect.is_empty() {
             Expect::Any
@@ -150,15 +145,10 @@ impl Registry for RegistryService {
         self.check(&req)?;
         let r = req.into_inner();
         let alias = self.alias_or_default(&r.alias);
-        let reason = if r.reason.is_empty() {
-            "rollback".into()
-        } else {
-            r.reason
-        };
         let rec = self
             .models
             .registry()
-            .rollback_alias(&alias, &mv(r.actor, reason))
+            .rollback_alias(&alias, &mv(r.actor, r.reason))
             .await
             .map_err(registry_status)?;
         self.follow_up(&alias).await;
@@ -188,14 +178,9 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::TrafficChange>, Status> {
         self.check(&req)?;
         let r = req.into_inner();
-        need_reason(&r.reason)?;
         let alias = self.alias_or_default(&r.alias);
         let experiment = Experiment {
-            salt: if r.salt.is_empty() {
-                r.experiment.clone()
-            } else {
-                r.salt
-            },
+            salt: r.salt,
             name: r.experiment,
             arms: r
                 .arms
@@ -216,7 +201,7 @@ impl Registry for RegistryService {
             .await
             .map_err(registry_status)?;
         self.follow_up(&alias).await;
-        Ok(Response::new(traffic_change(rec)))
+        Ok(Response::new(traffic_change(rec)?))
     }
 
     async fn stop_traffic(
@@ -225,7 +210,6 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::TrafficChange>, Status> {
         self.check(&req)?;
         let r = req.into_inner();
-        need_reason(&r.reason)?;
         let alias = self.alias_or_default(&r.alias);
         let rec = self
             .models
@@ -234,6 +218,6 @@ impl Registry for RegistryService {
             .await
             .map_err(registry_status)?;
         self.follow_up(&alias).await;
-        Ok(Response::new(traffic_change(rec)))
+        Ok(Response::new(traffic_change(rec)?))
     }
 }

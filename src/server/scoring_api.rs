@@ -10,13 +10,13 @@ use super::metrics::Metrics;
 use super::models::Models;
 use super::shadow::{ShadowJob, Shadows};
 use crate::exposure::{Exposure, ExposureLog};
-use crate::features::FeatureSchema;
-use crate::features::{FeatureVector, FEATURE_NAMES};
+use crate::features::{FeatureSchema, FeatureVector, FEATURE_NAMES};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_server::Scoring;
 use crate::registry::HOLDOUT_ARM;
 use crate::routing::{Route, Routing};
 use crate::scoring::{self, Limits, Model, NamePlan, ScoringError};
+use crate::time::fmt_ts;
 
 pub struct ScoringService {
     pub models: Arc<Models>,
@@ -26,17 +26,17 @@ pub struct ScoringService {
     pub exposures: Option<ExposureLog>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ScoringError {
-    ScoringError::Invalid {
-        field: field.to_string(),
-        message: message.into(),
-    }
-}
-
 /// What a request (or a batch) reads once, so a swap mid-batch never mixes states.
 struct Snapshot {
     active: Option<Arc<Model>>,
     routing: Option<Arc<Routing>>,
+}
+
+impl Snapshot {
+    /// The version reported on a request that failed before any version answered.
+    fn version(&self) -> &str {
+        self.active.as_ref().map_or("", |m| m.version.as_str())
+    }
 }
 
 /// Who answers one item.
@@ -62,6 +62,23 @@ impl Answerer<'_> {
             Answerer::Arm { model, .. } | Answerer::Holdout { model, .. } => model,
         }
     }
+}
+
+/// The batch's shared feature names, resolved once (or the error every item using them gets).
+type BatchNames = Option<Result<NamePlan, ScoringError>>;
+
+/// Customer ids are logged nowhere, but they are hashed and echoed: keep them bounded.
+fn check_customer_id(id: &str) -> Result<(), ScoringError> {
+    if id.is_empty() {
+        return Err(ScoringError::invalid("customer_id", "is empty"));
+    }
+    if id.len() > 256 {
+        return Err(ScoringError::invalid(
+            "customer_id",
+            "is longer than 256 bytes",
+        ));
+    }
+    Ok(())
 }
 
 impl ScoringService {
@@ -106,26 +123,53 @@ impl ScoringService {
         &self,
         item: pb::ScoreRequest,
         snap: &Snapshot,
-        batch_names: Option<&Result<NamePlan, ScoringError>>,
+        batch_names: &BatchNames,
         now: i64,
         start: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ScoringError> {
-        if item.customer_id.is_empty() {
-            return Err(invalid("customer_id", "is empty"));
-        }
-        if item.customer_id.len() > 256 {
-            return Err(invalid("customer_id", "is longer than 256 bytes"));
-        }
+        check_customer_id(&item.customer_id)?;
         let who = self.answerer(&item, snap).await?;
-        let model = who.model();
-        let (f, as_of) = match &item.input {
+        let (f, as_of) = self.features(&item, who.model(), batch_names, now)?;
+        let (routing, arm, resp) = match who {
+            Answerer::Plain(model) => return Ok(self.scored(&model, item, &f)),
+            Answerer::Arm {
+                routing,
+                arm,
+                model,
+            } => {
+                let resp = self.scored(model, item, &f);
+                self.measure_arm(routing, arm, model, &resp, f);
+                (routing, arm, resp)
+            }
+            Answerer::Holdout { routing, model } => {
+                let resp = pb::ScoreResponse {
+                    customer_id: item.customer_id,
+                    horizon_days: model.bundle.horizon_days,
+                    holdout: true,
+                    ..Default::default()
+                };
+                (routing, HOLDOUT_ARM, resp)
+            }
+        };
+        Ok(self.expose(routing, arm, resp, as_of, now, start))
+    }
+
+    /// The item's feature vector and the instant it describes.
+    fn features(
+        &self,
+        item: &pb::ScoreRequest,
+        model: &Model,
+        batch_names: &BatchNames,
+        now: i64,
+    ) -> Result<(FeatureVector, i64), ScoringError> {
+        match &item.input {
             Some(pb::score_request::Input::Features(fs)) => {
                 let f = match batch_names {
                     Some(Ok(plan)) if fs.names.is_empty() => plan.features(&fs.values)?,
                     Some(Err(e)) if fs.names.is_empty() => return Err(e.clone()),
                     _ => scoring::features_from_named(model.schema(), &fs.names, &fs.values)?,
                 };
-                (f, now)
+                Ok((f, now))
             }
             Some(pb::score_request::Input::History(h)) => {
                 let as_of = match &item.as_of {
@@ -133,50 +177,56 @@ impl ScoringService {
                     None => now,
                 };
                 let txs = convert::transactions(h, &self.limits)?;
-                (
-                    scoring::features_from_history(&txs, as_of, &self.limits)?,
-                    as_of,
-                )
+                let f = scoring::features_from_history(&txs, as_of, &self.limits)?;
+                Ok((f, as_of))
             }
-            None => return Err(invalid("input", "give either features or history")),
-        };
-        let (routing, arm) = match &who {
-            Answerer::Plain(_) => {
-                return Ok(self.scored(model, item, &f));
-            }
-            Answerer::Arm { routing, arm, .. } => (*routing, *arm),
-            Answerer::Holdout { routing, .. } => (*routing, HOLDOUT_ARM),
-        };
+            None => Err(ScoringError::invalid(
+                "input",
+                "give either features or history",
+            )),
+        }
+    }
+
+    /// An arm's answer in the experiment's histograms, and queued for its shadows.
+    fn measure_arm(
+        &self,
+        routing: &Arc<Routing>,
+        arm: &str,
+        model: &Model,
+        r: &pb::ScoreResponse,
+        features: FeatureVector,
+    ) {
+        let labels = [routing.experiment.as_str(), arm, model.version.as_str()];
+        self.metrics
+            .exp_churn
+            .with_label_values(&labels)
+            .observe(r.churn_probability);
+        self.metrics
+            .exp_clv
+            .with_label_values(&labels)
+            .observe(r.clv);
+        if !routing.shadows.is_empty() {
+            self.shadows.submit(ShadowJob {
+                routing: routing.clone(),
+                version: model.version.clone(),
+                churn: r.churn_probability,
+                clv: r.clv,
+                features,
+            });
+        }
+    }
+
+    /// Names the experiment and arm in the answer, counts it, and appends the exposure.
+    fn expose(
+        &self,
+        routing: &Routing,
+        arm: &str,
+        mut resp: pb::ScoreResponse,
+        as_of: i64,
+        now: i64,
+        start: Option<Instant>,
+    ) -> pb::ScoreResponse {
         let exp = routing.experiment.as_str();
-        let mut resp = if matches!(who, Answerer::Holdout { .. }) {
-            pb::ScoreResponse {
-                customer_id: item.customer_id,
-                horizon_days: model.bundle.horizon_days,
-                holdout: true,
-                ..Default::default()
-            }
-        } else {
-            let r = self.scored(model, item, &f);
-            let labels = [exp, arm, model.version.as_str()];
-            self.metrics
-                .exp_churn
-                .with_label_values(&labels)
-                .observe(r.churn_probability);
-            self.metrics
-                .exp_clv
-                .with_label_values(&labels)
-                .observe(r.clv);
-            if !routing.shadows.is_empty() {
-                self.shadows.submit(ShadowJob {
-                    routing: routing.clone(),
-                    version: model.version.clone(),
-                    churn: r.churn_probability,
-                    clv: r.clv,
-                    features: f,
-                });
-            }
-            r
-        };
         resp.experiment = exp.to_string();
         resp.arm = arm.to_string();
         self.metrics
@@ -198,15 +248,15 @@ impl ScoringService {
                 churn_probability: (!resp.holdout).then_some(resp.churn_probability),
                 clv: (!resp.holdout).then_some(resp.clv),
                 horizon_days: resp.horizon_days,
-                as_of: rfc3339(as_of),
-                at: rfc3339(now),
+                as_of: fmt_ts(as_of),
+                at: fmt_ts(now),
             });
             self.metrics
                 .exposures
                 .with_label_values(&[if queued { "queued" } else { "dropped" }])
                 .inc();
         }
-        Ok(resp)
+        resp
     }
 
     fn scored(
@@ -231,37 +281,6 @@ impl ScoringService {
         }
         resp
     }
-
-    fn observe(&self, method: &str, code: Code, version: &str, start: Instant) {
-        self.metrics
-            .requests
-            .with_label_values(&[method, code_name(code), version])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[method])
-            .observe(start.elapsed().as_secs_f64());
-    }
-}
-
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-pub fn code_name(c: Code) -> &'static str {
-    match c {
-        Code::Ok => "OK",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::NotFound => "NOT_FOUND",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        Code::Aborted => "ABORTED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        _ => "OTHER",
-    }
 }
 
 fn now() -> i64 {
@@ -277,17 +296,13 @@ impl Scoring for ScoringService {
         let start = Instant::now();
         let item = req.into_inner();
         let snap = self.snapshot();
-        match self.score_one(item, &snap, None, now(), Some(start)).await {
-            Ok(r) => {
-                self.observe("Score", Code::Ok, &r.model_version, start);
-                Ok(Response::new(r))
-            }
-            Err(e) => {
-                let version = snap.active.as_ref().map_or("", |m| m.version.as_str());
-                self.observe("Score", convert::scoring_code(&e), version, start);
-                Err(convert::scoring_status(e))
-            }
-        }
+        let result = self.score_one(item, &snap, &None, now(), Some(start)).await;
+        let (code, version) = match &result {
+            Ok(r) => (Code::Ok, r.model_version.as_str()),
+            Err(e) => (convert::scoring_code(e), snap.version()),
+        };
+        self.metrics.observe_request("Score", code, version, start);
+        result.map(Response::new).map_err(convert::scoring_status)
     }
 
     async fn batch_score(
@@ -296,16 +311,14 @@ impl Scoring for ScoringService {
     ) -> Result<Response<pb::BatchScoreResponse>, Status> {
         let start = Instant::now();
         let batch = req.into_inner();
-        if batch.items.len() > self.limits.max_batch {
-            self.observe("BatchScore", Code::InvalidArgument, "", start);
-            return Err(Status::invalid_argument(format!(
-                "items: {} items, more than the limit of {}",
-                batch.items.len(),
-                self.limits.max_batch
-            )));
-        }
         // One state for the whole batch: a swap mid-batch never mixes versions or routings.
         let snap = self.snapshot();
+        if let Err(e) = scoring::check_batch_len("items", batch.items.len(), &self.limits) {
+            let code = convert::scoring_code(&e);
+            self.metrics
+                .observe_request("BatchScore", code, snap.version(), start);
+            return Err(convert::scoring_status(e));
+        }
         let now = now();
         // Every model has this build's schema (Model::new), so one plan serves every item.
         let plan = (!batch.feature_names.is_empty())
@@ -313,24 +326,14 @@ impl Scoring for ScoringService {
         let mut results = Vec::with_capacity(batch.items.len());
         let (mut ok, mut failed) = (0u64, 0u64);
         for (index, item) in batch.items.into_iter().enumerate() {
-            let r = self.score_one(item, &snap, plan.as_ref(), now, None).await;
-            let result = match r {
+            let result = match self.score_one(item, &snap, &plan, now, None).await {
                 Ok(s) => {
                     ok += 1;
                     pb::batch_item::Result::Score(s)
                 }
                 Err(e) => {
                     failed += 1;
-                    let code = convert::scoring_code(&e);
-                    let (field, message) = match e {
-                        ScoringError::Invalid { field, message } => (field, message),
-                        other => (String::new(), other.to_string()),
-                    };
-                    pb::batch_item::Result::Error(pb::ItemError {
-                        code: code_name(code).to_string(),
-                        field,
-                        message,
-                    })
+                    pb::batch_item::Result::Error(convert::item_error(e))
                 }
             };
             results.push(pb::BatchItem {
@@ -338,16 +341,9 @@ impl Scoring for ScoringService {
                 result: Some(result),
             });
         }
+        self.metrics.count_batch_items(ok, failed);
         self.metrics
-            .batch_items
-            .with_label_values(&["ok"])
-            .inc_by(ok);
-        self.metrics
-            .batch_items
-            .with_label_values(&["error"])
-            .inc_by(failed);
-        let version = snap.active.as_ref().map_or("", |m| m.version.as_str());
-        self.observe("BatchScore", Code::Ok, version, start);
+            .observe_request("BatchScore", Code::Ok, snap.version(), start);
         Ok(Response::new(pb::BatchScoreResponse { results }))
     }
 }

@@ -11,7 +11,6 @@ use tonic::{Code, Request, Response, Status};
 use super::convert;
 use super::metrics::Metrics;
 use super::models::Models;
-use super::scoring_api::code_name;
 use crate::features::N_FEATURES;
 use crate::proto::inference as v2;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -25,17 +24,10 @@ pub struct InferenceService {
 
 const OUTPUTS: [&str; 2] = ["churn_probability", "clv"];
 
-fn invalid(field: &str, message: String) -> ScoringError {
-    ScoringError::Invalid {
-        field: field.to_string(),
-        message,
-    }
-}
-
 /// The input tensor's values as f64, from `contents` or `raw_input_contents`.
 fn tensor_values(req: &v2::ModelInferRequest) -> Result<(Vec<f64>, usize), ScoringError> {
     let [t] = &req.inputs[..] else {
-        return Err(invalid(
+        return Err(ScoringError::invalid(
             "inputs",
             format!(
                 "{} tensors; send one [n, {N_FEATURES}] tensor",
@@ -47,13 +39,27 @@ fn tensor_values(req: &v2::ModelInferRequest) -> Result<(Vec<f64>, usize), Scori
         [n, f] if f == N_FEATURES as i64 && n >= 0 => n as usize,
         [f] if f == N_FEATURES as i64 => 1,
         _ => {
-            return Err(invalid(
+            return Err(ScoringError::invalid(
                 "inputs[0].shape",
                 format!("{:?} is not [n, {N_FEATURES}]", t.shape),
             ))
         }
     };
     let raw = req.raw_input_contents.first();
+    let width = match t.datatype.as_str() {
+        "FP64" => 8,
+        _ => 4,
+    };
+    if let Some(b) = raw.filter(|b| b.len() % width != 0) {
+        return Err(ScoringError::invalid(
+            "raw_input_contents[0]",
+            format!(
+                "{} bytes is not a whole number of {} values",
+                b.len(),
+                t.datatype
+            ),
+        ));
+    }
     let values = match (t.datatype.as_str(), raw) {
         ("FP64", Some(b)) => b
             .chunks_exact(8)
@@ -74,7 +80,7 @@ fn tensor_values(req: &v2::ModelInferRequest) -> Result<(Vec<f64>, usize), Scori
             .map(|c| c.fp32_contents.iter().map(|&v| f64::from(v)).collect())
             .unwrap_or_default(),
         (other, _) => {
-            return Err(invalid(
+            return Err(ScoringError::invalid(
                 "inputs[0].datatype",
                 format!("{other:?}; send FP64 or FP32"),
             ))
@@ -98,15 +104,7 @@ impl InferenceService {
     ) -> Result<v2::ModelInferResponse, ScoringError> {
         let model = self.model(&req.model_version).await?;
         let (values, n_rows) = tensor_values(&req)?;
-        if n_rows > self.limits.max_batch {
-            return Err(invalid(
-                "inputs[0].shape",
-                format!(
-                    "{n_rows} rows, more than the limit of {}",
-                    self.limits.max_batch
-                ),
-            ));
-        }
+        scoring::check_batch_len("inputs[0].shape", n_rows, &self.limits)?;
         let rows = scoring::features_from_rows("inputs[0]", &values, n_rows)?;
         let wanted: Vec<&str> = if req.outputs.is_empty() {
             OUTPUTS.to_vec()
@@ -120,8 +118,8 @@ impl InferenceService {
                         .copied()
                         .find(|n| *n == o.name)
                         .ok_or_else(|| {
-                            invalid(
-                                &format!("outputs[{i}].name"),
+                            ScoringError::invalid(
+                                format!("outputs[{i}].name"),
                                 format!("{:?}; this model has churn_probability and clv", o.name),
                             )
                         })
@@ -197,13 +195,7 @@ impl GrpcInferenceService for InferenceService {
             Err(e) => (convert::scoring_code(e), ""),
         };
         self.metrics
-            .requests
-            .with_label_values(&["ModelInfer", code_name(code), version])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&["ModelInfer"])
-            .observe(start.elapsed().as_secs_f64());
+            .observe_request("ModelInfer", code, version, start);
         result.map(Response::new).map_err(convert::scoring_status)
     }
 }

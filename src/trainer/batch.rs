@@ -32,7 +32,7 @@ pub fn score_log(
     let mut w = csv::Writer::from_writer(out);
     for c in 0..log.n_customers() {
         let mut s = CustomerSummary::new();
-        for r in log.customer(c).iter().take_while(|r| r.ts < as_of) {
+        for r in log.history(c, as_of) {
             // The loader validated every row and sorted them; an update cannot fail here.
             if s.update(&r.tx()).is_err() {
                 break;

@@ -89,10 +89,11 @@ pub fn build_rows(
         let mut summary = CustomerSummary::new();
         let mut folded = 0;
         for (k, &t) in snapshots.iter().enumerate() {
-            while folded < txs.len() && txs[folded].ts < t {
-                summary.update(&txs[folded].tx())?;
-                folded += 1;
+            let history = log.history(c, t).len();
+            for r in &txs[folded..history] {
+                summary.update(&r.tx())?;
             }
+            folded = history;
             let Some(last) = summary.last_ts() else {
                 continue;
             };
@@ -100,20 +101,16 @@ pub fn build_rows(
                 continue;
             }
             let features = summary.features(t)?;
-            let next = txs[folded..].iter().take_while(|r| r.ts < t + horizon);
-            let (mut n_next, mut spend_next) = (0usize, 0.0);
-            for r in next {
-                n_next += 1;
-                spend_next += r.amount;
-            }
-            let spend_prev: f64 = txs[..folded]
+            // Labels: what happens in [t, t + horizon), the history of t + horizon that is
+            // not history at t.
+            let next = &log.history(c, t + horizon)[folded..];
+            let spend_next: f64 = next.iter().map(|r| r.amount).sum();
+            let spend_prev: f64 = txs[log.history(c, t - horizon).len()..folded]
                 .iter()
-                .rev()
-                .take_while(|r| r.ts >= t - horizon)
                 .map(|r| r.amount)
                 .sum();
             rows.x.push_row(&features);
-            rows.churned.push(n_next == 0);
+            rows.churned.push(next.is_empty());
             rows.spend_next.push(spend_next);
             rows.spend_prev.push(spend_prev);
             rows.cust.push(c as u32);

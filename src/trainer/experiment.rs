@@ -6,18 +6,18 @@
 //! hash, so the read-out needs the key the server used, never raw ids in the log.
 //! Uncertainty comes from a bootstrap over customers within each arm.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::eval::roc_auc;
-use super::load::TransactionLog;
+use super::load::{LogRow, TransactionLog};
 use crate::exposure::{CustomerKey, Exposure};
+use crate::features::DAY;
 use crate::registry::HOLDOUT_ARM;
-
-const DAY: i64 = 86_400;
+use crate::time::fmt_day;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -150,48 +150,106 @@ pub fn report(
     experiment: Option<&str>,
     opts: &ReportOptions,
 ) -> Result<ExperimentReport, ReportError> {
-    let name = match experiment {
-        Some(e) => e.to_string(),
-        None => {
-            let mut names: Vec<&str> = exposures.iter().map(|e| e.experiment.as_str()).collect();
-            names.sort_unstable();
-            names.dedup();
-            match names[..] {
-                [] => return Err(ReportError::NoExposures(None)),
-                [one] => one.to_string(),
-                _ => return Err(ReportError::Ambiguous(names.join(", "))),
+    let name = experiment_name(exposures, experiment)?;
+    let firsts = FirstExposures::of(exposures, &name)?;
+    let joined = join_outcomes(exposures, &firsts, log, key)?;
+    let names = arm_order(&joined.arms);
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let samples: Vec<ArmSamples> = names
+        .iter()
+        .map(|n| ArmSamples::draw(n, &joined.arms[n], opts.bootstrap, &mut rng))
+        .collect();
+    Ok(ExperimentReport {
+        experiment: name,
+        exposures: firsts.n_exposures,
+        customers: firsts.first.len(),
+        switched_arms: firsts.switched,
+        incomplete: joined.incomplete,
+        log_end: fmt_day(joined.log_end),
+        confidence: opts.confidence,
+        bootstrap: opts.bootstrap,
+        arms: samples.iter().map(|a| a.report(opts.confidence)).collect(),
+        comparisons: compare_to_control(&samples, opts.confidence),
+    })
+}
+
+/// The experiment to read out: the one asked for, or the only one in the exposures.
+fn experiment_name(exposures: &[Exposure], asked: Option<&str>) -> Result<String, ReportError> {
+    if let Some(e) = asked {
+        return Ok(e.to_string());
+    }
+    let mut names: Vec<&str> = exposures.iter().map(|e| e.experiment.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    match names[..] {
+        [] => Err(ReportError::NoExposures(None)),
+        [one] => Ok(one.to_string()),
+        _ => Err(ReportError::Ambiguous(names.join(", "))),
+    }
+}
+
+/// Each customer's first exposure in the experiment; later ones only tell whether the arm
+/// ever changed.
+struct FirstExposures<'a> {
+    /// Customer hash to (as_of, index of the exposure).
+    first: HashMap<&'a str, (i64, usize)>,
+    n_exposures: usize,
+    switched: usize,
+}
+
+impl<'a> FirstExposures<'a> {
+    fn of(exposures: &'a [Exposure], name: &str) -> Result<Self, ReportError> {
+        let mut first: HashMap<&str, (i64, usize)> = HashMap::new();
+        let mut n_exposures = 0;
+        for (i, e) in exposures.iter().enumerate() {
+            if e.experiment != name {
+                continue;
+            }
+            n_exposures += 1;
+            let t = parse_time(&e.as_of, i, "as_of")?;
+            first
+                .entry(e.customer.as_str())
+                .and_modify(|slot| {
+                    if t < slot.0 {
+                        *slot = (t, i)
+                    }
+                })
+                .or_insert((t, i));
+        }
+        if first.is_empty() {
+            return Err(ReportError::NoExposures(Some(name.to_string())));
+        }
+        let mut switched: HashSet<&str> = HashSet::new();
+        for e in exposures.iter().filter(|e| e.experiment == name) {
+            let (_, fi) = first[e.customer.as_str()];
+            if exposures[fi].arm != e.arm {
+                switched.insert(e.customer.as_str());
             }
         }
-    };
-    // First exposure per customer; later ones only tell us whether the arm ever changed.
-    let mut first: HashMap<&str, (i64, usize)> = HashMap::new();
-    let mut n_exposures = 0;
-    for (i, e) in exposures.iter().enumerate() {
-        if e.experiment != name {
-            continue;
-        }
-        n_exposures += 1;
-        let t = parse_time(&e.as_of, i, "as_of")?;
-        first
-            .entry(e.customer.as_str())
-            .and_modify(|slot| {
-                if t < slot.0 {
-                    *slot = (t, i)
-                }
-            })
-            .or_insert((t, i));
+        Ok(FirstExposures {
+            first,
+            n_exposures,
+            switched: switched.len(),
+        })
     }
-    if first.is_empty() {
-        return Err(ReportError::NoExposures(Some(name)));
-    }
-    let mut switched: HashMap<&str, bool> = HashMap::new();
-    for e in exposures.iter().filter(|e| e.experiment == name) {
-        let (_, fi) = first[e.customer.as_str()];
-        if exposures[fi].arm != e.arm {
-            switched.insert(e.customer.as_str(), true);
-        }
-    }
+}
 
+/// Per arm, the customers' rows and the versions that answered.
+type Arms = HashMap<String, (Vec<Row>, Vec<String>)>;
+
+struct Joined {
+    arms: Arms,
+    incomplete: usize,
+    log_end: i64,
+}
+
+/// Each first exposure joined with the customer's purchases in `[as_of, as_of + horizon)`.
+fn join_outcomes(
+    exposures: &[Exposure],
+    firsts: &FirstExposures,
+    log: &TransactionLog,
+    key: &CustomerKey,
+) -> Result<Joined, ReportError> {
     let by_hash: HashMap<String, usize> = (0..log.n_customers())
         .map(|c| (key.hash(&log.ids[c]), c))
         .collect();
@@ -199,11 +257,10 @@ pub fn report(
         .filter_map(|c| log.customer(c).last().map(|r| r.ts))
         .max()
         .unwrap_or(i64::MIN);
-
-    let mut arms: HashMap<String, (Vec<Row>, Vec<String>)> = HashMap::new();
+    let mut arms = Arms::new();
     let mut incomplete = 0;
     let mut first_end = i64::MAX;
-    let mut order: Vec<(&str, &(i64, usize))> = first.iter().map(|(k, v)| (*k, v)).collect();
+    let mut order: Vec<(&str, &(i64, usize))> = firsts.first.iter().map(|(k, v)| (*k, v)).collect();
     order.sort_unstable_by_key(|(k, _)| *k);
     for (cust, &(as_of, i)) in order {
         let e = &exposures[i];
@@ -214,15 +271,10 @@ pub fn report(
             incomplete += 1;
             continue;
         }
-        let (mut bought, mut spend) = (false, 0.0);
-        if let Some(&c) = by_hash.get(cust) {
-            for r in log.customer(c) {
-                if r.ts >= as_of && r.ts < end {
-                    bought = true;
-                    spend += r.amount;
-                }
-            }
-        }
+        let window: &[LogRow] = match by_hash.get(cust) {
+            Some(&c) => &log.history(c, end)[log.history(c, as_of).len()..],
+            None => &[],
+        };
         let slot = arms.entry(e.arm.clone()).or_default();
         if !e.version.is_empty() && !slot.1.contains(&e.version) {
             slot.1.push(e.version.clone());
@@ -230,25 +282,27 @@ pub fn report(
         slot.0.push(Row {
             churn_p: e.churn_probability,
             clv: e.clv,
-            churned: !bought,
-            spend,
+            churned: window.is_empty(),
+            spend: window.iter().map(|r| r.amount).sum(),
         });
     }
-    let fmt = |t: i64| {
-        chrono::DateTime::from_timestamp(t, 0)
-            .map(|d| d.format("%Y-%m-%d").to_string())
-            .unwrap_or_else(|| "-".into())
-    };
     if arms.is_empty() {
         return Err(ReportError::NoCompleteWindow {
-            log_end: fmt(log_end),
-            first_end: fmt(first_end),
+            log_end: fmt_day(log_end),
+            first_end: fmt_day(first_end),
         });
     }
+    Ok(Joined {
+        arms,
+        incomplete,
+        log_end,
+    })
+}
 
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+/// The control first (the arm called "control", else the largest scored arm), the holdout
+/// last.
+fn arm_order(arms: &Arms) -> Vec<String> {
     let mut names: Vec<String> = arms.keys().cloned().collect();
-    // The control first: the arm called "control", else the largest scored arm.
     names.sort_by_key(|n| {
         (
             n == HOLDOUT_ARM,
@@ -257,13 +311,26 @@ pub fn report(
             n.clone(),
         )
     });
-    let mut reports = Vec::new();
-    let mut replicates: HashMap<String, Vec<Stats>> = HashMap::new();
-    let mut points: HashMap<String, Stats> = HashMap::new();
-    for n in &names {
-        let (rows, versions) = &arms[n];
-        let point = Stats::of(rows, None);
-        let reps: Vec<Stats> = (0..opts.bootstrap)
+    names
+}
+
+/// One arm's figures on all its customers and on each bootstrap resample of them.
+struct ArmSamples<'a> {
+    name: &'a str,
+    versions: &'a [String],
+    customers: usize,
+    point: Stats,
+    replicates: Vec<Stats>,
+}
+
+impl<'a> ArmSamples<'a> {
+    fn draw(
+        name: &'a str,
+        (rows, versions): &'a (Vec<Row>, Vec<String>),
+        bootstrap: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let replicates = (0..bootstrap)
             .map(|_| {
                 let idx: Vec<usize> = (0..rows.len())
                     .map(|_| rng.random_range(0..rows.len()))
@@ -271,46 +338,62 @@ pub fn report(
                 Stats::of(rows, Some(&idx))
             })
             .collect();
-        let est = |f: &dyn Fn(&Stats) -> Option<f64>| -> Option<Estimate> {
-            let value = f(&point)?;
-            let mut v: Vec<f64> = reps.iter().filter_map(f).collect();
-            let (low, high) = interval(&mut v, opts.confidence);
-            Some(Estimate { value, low, high })
-        };
-        reports.push(ArmReport {
-            arm: n.clone(),
-            versions: versions.clone(),
+        ArmSamples {
+            name,
+            versions,
             customers: rows.len(),
+            point: Stats::of(rows, None),
+            replicates,
+        }
+    }
+
+    fn estimate(&self, f: &dyn Fn(&Stats) -> Option<f64>, confidence: f64) -> Option<Estimate> {
+        let value = f(&self.point)?;
+        let mut v: Vec<f64> = self.replicates.iter().filter_map(f).collect();
+        let (low, high) = interval(&mut v, confidence);
+        Some(Estimate { value, low, high })
+    }
+
+    fn report(&self, confidence: f64) -> ArmReport {
+        let est = |f: &dyn Fn(&Stats) -> Option<f64>| self.estimate(f, confidence);
+        ArmReport {
+            arm: self.name.to_string(),
+            versions: self.versions.to_vec(),
+            customers: self.customers,
             realised_churn_rate: est(&|s| Some(s.churn_rate)).unwrap_or(zero()),
             realised_spend_mean: est(&|s| Some(s.spend_mean)).unwrap_or(zero()),
             churn_roc_auc: est(&|s| s.auc),
             churn_brier: est(&|s| s.brier),
             churn_calibration_gap: est(&|s| s.calibration_gap),
-            churn_ece: point.ece,
+            churn_ece: self.point.ece,
             clv_mae: est(&|s| s.clv_mae),
             clv_bias: est(&|s| s.clv_bias),
-        });
-        replicates.insert(n.clone(), reps);
-        points.insert(n.clone(), point);
+        }
     }
+}
 
-    let mut comparisons = Vec::new();
-    let control = &names[0];
+/// Every scored arm against the control (the first), metric by metric.
+fn compare_to_control(arms: &[ArmSamples], confidence: f64) -> Vec<Comparison> {
     let metrics: [(&'static str, bool, Figure); 4] = [
         ("churn_roc_auc", true, |s| s.auc),
         ("churn_brier", false, |s| s.brier),
         ("clv_mae", false, |s| s.clv_mae),
         ("realised_churn_rate", false, |s| Some(s.churn_rate)),
     ];
-    for other in names.iter().skip(1) {
+    let Some((control, others)) = arms.split_first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for other in others {
         for (metric, higher, f) in metrics {
-            let (Some(a), Some(c)) = (f(&points[other]), f(&points[control])) else {
+            let (Some(a), Some(c)) = (f(&other.point), f(&control.point)) else {
                 continue;
             };
             // Arms hold different customers: independent resamples, paired by replicate.
-            let mut diffs: Vec<f64> = replicates[other]
+            let mut diffs: Vec<f64> = other
+                .replicates
                 .iter()
-                .zip(&replicates[control])
+                .zip(&control.replicates)
                 .filter_map(|(x, y)| Some(f(x)? - f(y)?))
                 .collect();
             let better = diffs
@@ -318,11 +401,11 @@ pub fn report(
                 .filter(|&&d| if higher { d > 0.0 } else { d < 0.0 })
                 .count() as f64
                 / diffs.len().max(1) as f64;
-            let (low, high) = interval(&mut diffs, opts.confidence);
-            comparisons.push(Comparison {
+            let (low, high) = interval(&mut diffs, confidence);
+            out.push(Comparison {
                 metric,
-                arm: other.clone(),
-                control: control.clone(),
+                arm: other.name.to_string(),
+                control: control.name.to_string(),
                 difference: Estimate {
                     value: a - c,
                     low,
@@ -333,19 +416,7 @@ pub fn report(
             });
         }
     }
-
-    Ok(ExperimentReport {
-        experiment: name,
-        exposures: n_exposures,
-        customers: first.len(),
-        switched_arms: switched.len(),
-        incomplete,
-        log_end: fmt(log_end),
-        confidence: opts.confidence,
-        bootstrap: opts.bootstrap,
-        arms: reports,
-        comparisons,
-    })
+    out
 }
 
 fn zero() -> Estimate {
@@ -447,8 +518,6 @@ impl Stats {
 /// The report as a person reads it.
 pub fn render(r: &ExperimentReport) -> String {
     let pct = r.confidence * 100.0;
-    let e = |x: &Estimate, d: usize| format!("{:.d$} [{:.d$}, {:.d$}]", x.value, x.low, x.high);
-    let opt = |x: &Option<Estimate>, d: usize| x.as_ref().map_or("-".into(), |x| e(x, d));
     let mut out = format!(
         "experiment {}: {} customers from {} exposures; transactions to {}\n",
         r.experiment, r.customers, r.exposures, r.log_end
@@ -469,8 +538,21 @@ pub fn render(r: &ExperimentReport) -> String {
         "figures: estimate [{pct:.0}% bootstrap interval, {} resamples of customers]\n\n",
         r.bootstrap
     );
-    let rows: Vec<Vec<String>> = r
-        .arms
+    out += &arms_table(&r.arms);
+    out += "\n";
+    for c in &r.comparisons {
+        out += &comparison_line(c, r.confidence);
+    }
+    out
+}
+
+fn estimate(x: &Estimate, d: usize) -> String {
+    format!("{:.d$} [{:.d$}, {:.d$}]", x.value, x.low, x.high)
+}
+
+fn arms_table(arms: &[ArmReport]) -> String {
+    let opt = |x: &Option<Estimate>, d: usize| x.as_ref().map_or("-".into(), |x| estimate(x, d));
+    let rows: Vec<Vec<String>> = arms
         .iter()
         .map(|a| {
             vec![
@@ -481,7 +563,7 @@ pub fn render(r: &ExperimentReport) -> String {
                     a.versions.join(",")
                 },
                 a.customers.to_string(),
-                e(&a.realised_churn_rate, 3),
+                estimate(&a.realised_churn_rate, 3),
                 opt(&a.churn_roc_auc, 3),
                 opt(&a.churn_brier, 3),
                 opt(&a.churn_calibration_gap, 3),
@@ -490,7 +572,7 @@ pub fn render(r: &ExperimentReport) -> String {
             ]
         })
         .collect();
-    out += &super::report::table(
+    super::report::table(
         &[
             "ARM",
             "VERSION",
@@ -503,30 +585,29 @@ pub fn render(r: &ExperimentReport) -> String {
             "CLV BIAS",
         ],
         &rows,
-    );
-    out += "\n";
-    for c in &r.comparisons {
-        let verdict = match c.leader(r.confidence) {
-            Some((arm, p)) => format!("{arm} is ahead ({:.1}% of resamples)", p * 100.0),
-            None => format!(
-                "no clear leader ({} better in {:.1}% of resamples)",
-                c.arm,
-                c.p_better * 100.0
-            ),
-        };
-        out += &format!(
-            "{} {} vs {}: difference {} ({} is better): {}\n",
-            c.metric,
+    )
+}
+
+fn comparison_line(c: &Comparison, confidence: f64) -> String {
+    let verdict = match c.leader(confidence) {
+        Some((arm, p)) => format!("{arm} is ahead ({:.1}% of resamples)", p * 100.0),
+        None => format!(
+            "no clear leader ({} better in {:.1}% of resamples)",
             c.arm,
-            c.control,
-            e(&c.difference, 4),
-            if c.higher_is_better {
-                "higher"
-            } else {
-                "lower"
-            },
-            verdict
-        );
-    }
-    out
+            c.p_better * 100.0
+        ),
+    };
+    format!(
+        "{} {} vs {}: difference {} ({} is better): {}\n",
+        c.metric,
+        c.arm,
+        c.control,
+        estimate(&c.difference, 4),
+        if c.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        },
+        verdict
+    )
 }

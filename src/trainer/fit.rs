@@ -4,15 +4,15 @@
 use crate::features::{FeatureSchema, DAY};
 use crate::forest::{fit_forest, FlatForest, ForestParams, TrainingMatrix};
 use crate::model::{
-    sha256_hex, ChurnMetrics, ClvMetrics, DataLineage, FileEntry, GridPoint, Hyperparameters,
-    Manifest, Metrics, ModelBundle, SegmentThresholds, SplitInfo, TrainerInfo, BUNDLE_FILE,
+    sha256_hex, DataLineage, FileEntry, GridPoint, Hyperparameters, Manifest, Metrics, ModelBundle,
+    SegmentThresholds, SplitInfo, TrainerInfo, BUNDLE_FILE,
 };
 
 use super::dataset::{build_rows, in_share, stable_hash, Rows};
 use super::eval::{churn_metrics, clv_metrics, roc_auc, spearman};
 use super::load::TransactionLog;
-use super::time::{fmt_day, fmt_ts};
 use super::{Progress, TrainError};
+use crate::time::{fmt_day, fmt_ts};
 
 /// Overrides for one forest's regularisation; `None` lets the grid choose.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +111,22 @@ impl Split {
             Split::Holdout { snapshot } => *snapshot,
         }
     }
+
+    /// The snapshots the evaluated forests were fitted on.
+    pub fn train_snapshots(&self) -> Vec<i64> {
+        match self {
+            Split::OutOfTime { train, .. } => train.clone(),
+            Split::Holdout { snapshot } => vec![*snapshot],
+        }
+    }
+
+    /// The snapshots the published forests are refitted on: the latest labelled ones.
+    pub fn refit_snapshots(&self) -> Vec<i64> {
+        match self {
+            Split::OutOfTime { refit, .. } => refit.clone(),
+            Split::Holdout { snapshot } => vec![*snapshot],
+        }
+    }
 }
 
 /// Chooses the split for data from `first_ts` to `last_ts`.
@@ -202,6 +218,22 @@ fn params_for(base: &ForestParams, o: &Overrides, depth: Option<u16>, leaf: usiz
 const GRID_DEPTHS: [Option<u16>; 3] = [Some(8), Some(12), Some(16)];
 const GRID_LEAVES: [usize; 3] = [5, 20, 50];
 
+/// The (depth, leaf) points to try for one forest: the flags' values, or the grid.
+fn grid_points(o: &Overrides) -> Vec<(Option<u16>, usize)> {
+    let depths: Vec<Option<u16>> = match o.max_depth {
+        Some(d) => vec![d],
+        None => GRID_DEPTHS.to_vec(),
+    };
+    let leaves: Vec<usize> = match o.min_samples_leaf {
+        Some(l) => vec![l],
+        None => GRID_LEAVES.to_vec(),
+    };
+    depths
+        .iter()
+        .flat_map(|&d| leaves.iter().map(move |&l| (d, l)))
+        .collect()
+}
+
 /// Picks max_depth and min_samples_leaf for both forests on an inner split of the training
 /// rows (never on the validation rows, whose metrics must stay honest).
 fn grid_search(
@@ -211,21 +243,7 @@ fn grid_search(
     base: &ForestParams,
     progress: &dyn Progress,
 ) -> Result<(ForestParams, ForestParams, Vec<GridPoint>), TrainError> {
-    let points = |o: &Overrides| -> Vec<(Option<u16>, usize)> {
-        let depths: Vec<Option<u16>> = match o.max_depth {
-            Some(d) => vec![d],
-            None => GRID_DEPTHS.to_vec(),
-        };
-        let leaves: Vec<usize> = match o.min_samples_leaf {
-            Some(l) => vec![l],
-            None => GRID_LEAVES.to_vec(),
-        };
-        depths
-            .iter()
-            .flat_map(|&d| leaves.iter().map(move |&l| (d, l)))
-            .collect()
-    };
-    let (churn_pts, clv_pts) = (points(&opts.churn), points(&opts.clv));
+    let (churn_pts, clv_pts) = (grid_points(&opts.churn), grid_points(&opts.clv));
     let chosen = |(d, l): (Option<u16>, usize), (cd, cl): (Option<u16>, usize), grid| {
         Ok((
             params_for(base, &opts.churn, d, l),
@@ -246,28 +264,64 @@ fn grid_search(
             Vec::new(),
         );
     }
-    let tm = TrainingMatrix::new(&inner_train.x)?;
     let small = ForestParams {
         n_trees: opts.grid_trees.max(1),
         ..base.clone()
     };
     let total = (churn_pts.len() + clv_pts.len()) * small.n_trees;
-    let tick = progress.start("choosing depth and leaf size", total as u64);
-    let mut grid = Vec::new();
-    // Fits one small forest per grid point and keeps the best-scoring point.
-    let mut search = |model: &str,
-                      pts: &[(Option<u16>, usize)],
-                      o: &Overrides,
-                      y: &[f64],
-                      metric: &str,
-                      score_of: &dyn Fn(&[f64]) -> f64|
-     -> Result<(Option<u16>, usize), TrainError> {
+    let mut search = Grid {
+        x: TrainingMatrix::new(&inner_train.x)?,
+        val: &inner_val,
+        small,
+        threads: opts.threads,
+        tick: progress.start("choosing depth and leaf size", total as u64),
+        points: Vec::new(),
+    };
+    let best_churn = search.best(
+        ("churn", "roc_auc"),
+        &churn_pts,
+        &opts.churn,
+        &inner_train.churn_target(),
+        &|p| roc_auc(p, &inner_val.churned),
+    )?;
+    let best_clv = search.best(
+        ("clv", "spearman"),
+        &clv_pts,
+        &opts.clv,
+        &inner_train.spend_next,
+        &|p| spearman(p, &inner_val.spend_next),
+    )?;
+    chosen(best_churn, best_clv, search.points)
+}
+
+/// One grid search: small forests fitted on the inner training rows, scored on the inner
+/// validation rows, every point recorded.
+struct Grid<'a> {
+    x: TrainingMatrix,
+    val: &'a Rows,
+    small: ForestParams,
+    threads: usize,
+    tick: Box<dyn super::Tick + 'a>,
+    points: Vec<GridPoint>,
+}
+
+impl Grid<'_> {
+    /// The best-scoring point for one forest (`model`, scored by `metric`).
+    fn best(
+        &mut self,
+        (model, metric): (&str, &str),
+        pts: &[(Option<u16>, usize)],
+        o: &Overrides,
+        y: &[f64],
+        score_of: &dyn Fn(&[f64]) -> f64,
+    ) -> Result<(Option<u16>, usize), TrainError> {
         let mut best = (f64::NEG_INFINITY, pts[0]);
         for &(d, l) in pts {
-            let p = params_for(&small, o, d, l);
-            let f = fit_forest(&tm, y, &p, opts.threads, &|n| tick.inc(n as u64))?;
-            let score = score_of(&f.predict(&inner_val.x));
-            grid.push(GridPoint {
+            let p = params_for(&self.small, o, d, l);
+            let tick = &self.tick;
+            let f = fit_forest(&self.x, y, &p, self.threads, &|n| tick.inc(n as u64))?;
+            let score = score_of(&f.predict(&self.val.x));
+            self.points.push(GridPoint {
                 model: model.into(),
                 max_depth: d,
                 min_samples_leaf: l,
@@ -279,24 +333,7 @@ fn grid_search(
             }
         }
         Ok(best.1)
-    };
-    let best_churn = search(
-        "churn",
-        &churn_pts,
-        &opts.churn,
-        &inner_train.churn_target(),
-        "roc_auc",
-        &|p| roc_auc(p, &inner_val.churned),
-    )?;
-    let best_clv = search(
-        "clv",
-        &clv_pts,
-        &opts.clv,
-        &inner_train.spend_next,
-        "spearman",
-        &|p| spearman(p, &inner_val.spend_next),
-    )?;
-    chosen(best_churn, best_clv, grid)
+    }
 }
 
 /// Fits the churn and CLV forests on the same rows.
@@ -348,61 +385,14 @@ pub fn train(
     run: &RunInfo,
     progress: &dyn Progress,
 ) -> Result<Trained, TrainError> {
-    let q = &log.quality;
-    let split = plan_split(q.first_ts, q.last_ts, opts)?;
-    let h = i64::from(opts.horizon_days) * DAY;
-    let lookback = i64::from(opts.lookback_days) * DAY;
+    let split = plan_split(log.quality.first_ts, log.quality.last_ts, opts)?;
     let base = ForestParams {
         n_trees: opts.n_trees,
         mtry: opts.mtry,
         seed: opts.seed,
         ..ForestParams::default()
     };
-    let n = log.n_customers() as u64;
-    let all = |_: usize| true;
-    let holdout = |c: usize| in_share(stable_hash("holdout", &log.ids[c]), opts.holdout_share);
-
-    let (train_rows, val_rows, train_snaps, refit_snaps) = match &split {
-        Split::OutOfTime {
-            train,
-            validation,
-            refit,
-        } => {
-            let tick = progress.start("building features", 2 * n);
-            let tr = build_rows(
-                log,
-                &ascending(train.clone()),
-                h,
-                lookback,
-                &all,
-                tick.as_ref(),
-            )?;
-            let va = build_rows(log, &[*validation], h, lookback, &all, tick.as_ref())?;
-            (tr, va, train.clone(), refit.clone())
-        }
-        Split::Holdout { snapshot } => {
-            let tick = progress.start("building features", 2 * n);
-            let tr = build_rows(
-                log,
-                &[*snapshot],
-                h,
-                lookback,
-                &|c| !holdout(c),
-                tick.as_ref(),
-            )?;
-            let va = build_rows(log, &[*snapshot], h, lookback, &holdout, tick.as_ref())?;
-            (tr, va, vec![*snapshot], vec![*snapshot])
-        }
-    };
-    if train_rows.len() < 50 || val_rows.len() < 20 {
-        return Err(TrainError::Split(format!(
-            "too few customers to train and validate: {} training rows, {} validation rows",
-            train_rows.len(),
-            val_rows.len()
-        )));
-    }
-    let train_rows = cap_rows(train_rows, opts.max_train_rows, log, "train-rows");
-
+    let (train_rows, val_rows) = split_rows(log, &split, opts, progress)?;
     let (churn_p, clv_p, grid) = grid_search(&train_rows, log, opts, &base, progress)?;
     let (churn_f, clv_f) = fit_pair(
         &train_rows,
@@ -412,11 +402,125 @@ pub fn train(
         "fitting forests",
         progress,
     )?;
+    let (metrics, segments) = evaluate(&churn_f, &clv_f, &train_rows, &val_rows);
+    let beats = beats_baselines(&metrics);
+    if !beats && !opts.force {
+        return Err(TrainError::NotBetter(Box::new(metrics)));
+    }
+    let rows = [train_rows.len(), val_rows.len()];
+    drop(train_rows);
 
-    // Validation: the models and both baselines on exactly the same rows.
-    let churn_pred = churn_f.predict(&val_rows.x);
-    let clv_pred = clv_f.predict(&val_rows.x);
-    let rule = ninety_day_rule(&train_rows);
+    // The artifact: the same recipe refitted on the latest labelled data.
+    let refit_rows = rows_at(
+        log,
+        &split.refit_snapshots(),
+        opts,
+        &|_| true,
+        "building refit features",
+        progress,
+    )?;
+    let refit_rows = cap_rows(refit_rows, opts.max_train_rows, log, "refit-rows");
+    let (churn, clv) = fit_pair(
+        &refit_rows,
+        &churn_p,
+        &clv_p,
+        opts,
+        "refitting on the latest data",
+        progress,
+    )?;
+    let bundle = ModelBundle {
+        schema: FeatureSchema::current(),
+        horizon_days: opts.horizon_days,
+        churn,
+        clv,
+        segments,
+    };
+    let bundle_bytes = bundle.encode()?;
+    let facts = Facts {
+        split: &split,
+        rows: [rows[0], rows[1], refit_rows.len()],
+        hyperparameters: Hyperparameters {
+            churn: churn_p,
+            clv: clv_p,
+            selected_by: if grid.is_empty() { "flags" } else { "grid" }.into(),
+            grid,
+        },
+        metrics,
+        beats,
+    };
+    let manifest = manifest(log, opts, run, &bundle, &bundle_bytes, facts);
+    Ok(Trained {
+        manifest,
+        bundle,
+        bundle_bytes,
+    })
+}
+
+/// Rows of the customers `include` accepts at the snapshots, sorted ascending.
+fn rows_at(
+    log: &TransactionLog,
+    snapshots: &[i64],
+    opts: &FitOptions,
+    include: &dyn Fn(usize) -> bool,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<Rows, TrainError> {
+    let tick = progress.start(label, log.n_customers() as u64);
+    let h = i64::from(opts.horizon_days) * DAY;
+    let lookback = i64::from(opts.lookback_days) * DAY;
+    Ok(build_rows(
+        log,
+        &ascending(snapshots.to_vec()),
+        h,
+        lookback,
+        include,
+        tick.as_ref(),
+    )?)
+}
+
+/// Training and validation rows: earlier snapshots and a later one, or, for a holdout, the
+/// same snapshot split by customer. Training rows are capped at `max_train_rows`.
+fn split_rows(
+    log: &TransactionLog,
+    split: &Split,
+    opts: &FitOptions,
+    progress: &dyn Progress,
+) -> Result<(Rows, Rows), TrainError> {
+    let held_out = |c: usize| in_share(stable_hash("holdout", &log.ids[c]), opts.holdout_share);
+    let label = "building features";
+    let (train, val) = match split {
+        Split::OutOfTime {
+            train, validation, ..
+        } => (
+            rows_at(log, train, opts, &|_| true, label, progress)?,
+            rows_at(log, &[*validation], opts, &|_| true, label, progress)?,
+        ),
+        Split::Holdout { snapshot } => (
+            rows_at(log, &[*snapshot], opts, &|c| !held_out(c), label, progress)?,
+            rows_at(log, &[*snapshot], opts, &held_out, label, progress)?,
+        ),
+    };
+    if train.len() < 50 || val.len() < 20 {
+        return Err(TrainError::Split(format!(
+            "too few customers to train and validate: {} training rows, {} validation rows",
+            train.len(),
+            val.len()
+        )));
+    }
+    Ok((cap_rows(train, opts.max_train_rows, log, "train-rows"), val))
+}
+
+/// Both models and both baselines on exactly the same validation rows, and the segment
+/// thresholds from the validation predictions.
+fn evaluate(
+    churn: &FlatForest,
+    clv: &FlatForest,
+    train_rows: &Rows,
+    val_rows: &Rows,
+) -> (Metrics, SegmentThresholds) {
+    let churn_pred = churn.predict(&val_rows.x);
+    let clv_pred = clv.predict(&val_rows.x);
+    let rule = ninety_day_rule(train_rows);
     let base_pred: Vec<f64> = val_rows
         .feature("recency_days")
         .into_iter()
@@ -428,62 +532,38 @@ pub fn train(
         clv: clv_metrics(&clv_pred, &val_rows.spend_next),
         clv_baseline: clv_metrics(&val_rows.spend_prev, &val_rows.spend_next),
     };
-    let beats = beats_baselines(
-        &metrics.churn,
-        &metrics.churn_baseline,
-        &metrics.clv,
-        &metrics.clv_baseline,
-    );
-    if !beats && !opts.force {
-        return Err(TrainError::NotBetter(Box::new(metrics)));
-    }
     let segments = SegmentThresholds::from_population(
         &churn_pred,
         &clv_pred,
         &val_rows.feature("spend_trend"),
     );
-    let (train_n, val_n) = (train_rows.len(), val_rows.len());
-    drop(train_rows);
+    (metrics, segments)
+}
 
-    // The artifact: the same recipe refitted on the latest labelled data.
-    let refit_rows = match &split {
-        Split::OutOfTime { .. } => {
-            let tick = progress.start("building refit features", n);
-            build_rows(
-                log,
-                &ascending(refit_snaps.clone()),
-                h,
-                lookback,
-                &all,
-                tick.as_ref(),
-            )?
-        }
-        Split::Holdout { snapshot } => {
-            let tick = progress.start("building refit features", n);
-            build_rows(log, &[*snapshot], h, lookback, &all, tick.as_ref())?
-        }
-    };
-    let refit_rows = cap_rows(refit_rows, opts.max_train_rows, log, "refit-rows");
-    let (churn, clv) = fit_pair(
-        &refit_rows,
-        &churn_p,
-        &clv_p,
-        opts,
-        "refitting on the latest data",
-        progress,
-    )?;
+/// What the training found, for the manifest.
+struct Facts<'a> {
+    split: &'a Split,
+    /// Training, validation and refit rows.
+    rows: [usize; 3],
+    hyperparameters: Hyperparameters,
+    metrics: Metrics,
+    beats: bool,
+}
 
-    let bundle = ModelBundle {
-        schema: FeatureSchema::current(),
-        horizon_days: opts.horizon_days,
-        churn,
-        clv,
-        segments: segments.clone(),
-    };
-    let bundle_bytes = bundle.encode()?;
-    let sha = sha256_hex(&bundle_bytes);
+fn manifest(
+    log: &TransactionLog,
+    opts: &FitOptions,
+    run: &RunInfo,
+    bundle: &ModelBundle,
+    bundle_bytes: &[u8],
+    facts: Facts,
+) -> Manifest {
+    let q = &log.quality;
+    let sha = sha256_hex(bundle_bytes);
     let version = format!("v{}-{}", run.created_at.format("%Y%m%d-%H%M%S"), &sha[..6]);
-    let manifest = Manifest {
+    let split = facts.split;
+    let fmt_all = |ts: Vec<i64>| ts.iter().map(|&t| fmt_ts(t)).collect();
+    Manifest {
         format: 1,
         version,
         created_at: run
@@ -511,42 +591,27 @@ pub fn train(
             validation_as_of: fmt_ts(split.validation()),
             horizon_days: opts.horizon_days,
             lookback_days: opts.lookback_days,
-            train_snapshots: train_snaps.iter().map(|&t| fmt_ts(t)).collect(),
-            refit_snapshots: refit_snaps.iter().map(|&t| fmt_ts(t)).collect(),
-            train_rows: train_n as u64,
-            validation_rows: val_n as u64,
-            refit_rows: refit_rows.len() as u64,
+            train_snapshots: fmt_all(split.train_snapshots()),
+            refit_snapshots: fmt_all(split.refit_snapshots()),
+            train_rows: facts.rows[0] as u64,
+            validation_rows: facts.rows[1] as u64,
+            refit_rows: facts.rows[2] as u64,
         },
-        hyperparameters: Hyperparameters {
-            churn: churn_p,
-            clv: clv_p,
-            selected_by: if grid.is_empty() { "flags" } else { "grid" }.into(),
-            grid,
-        },
+        hyperparameters: facts.hyperparameters,
         feature_schema: FeatureSchema::current(),
-        metrics,
-        beats_baselines: beats,
-        forced: !beats,
-        segments,
+        metrics: facts.metrics,
+        beats_baselines: facts.beats,
+        forced: !facts.beats,
+        segments: bundle.segments.clone(),
         files: vec![FileEntry {
             name: BUNDLE_FILE.into(),
             sha256: sha,
             bytes: bundle_bytes.len() as u64,
         }],
-    };
-    Ok(Trained {
-        manifest,
-        bundle,
-        bundle_bytes,
-    })
+    }
 }
 
 /// The publishing gate: better ranking than both baselines.
-pub fn beats_baselines(
-    churn: &ChurnMetrics,
-    churn_base: &ChurnMetrics,
-    clv: &ClvMetrics,
-    clv_base: &ClvMetrics,
-) -> bool {
-    churn.roc_auc > churn_base.roc_auc && clv.spearman > clv_base.spearman
+pub fn beats_baselines(m: &Metrics) -> bool {
+    m.churn.roc_auc > m.churn_baseline.roc_auc && m.clv.spearman > m.clv_baseline.spearman
 }

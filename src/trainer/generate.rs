@@ -83,57 +83,85 @@ fn season(ts: i64) -> f64 {
     1.0 + 0.35 * (2.0 * std::f64::consts::PI * (doy - 355.0) / 365.0).cos()
 }
 
+/// Who one customer is: drawn once, then their purchases follow.
+struct Persona {
+    join: i64,
+    mean_gap: f64,
+    /// Gamma shape of the gaps: how regular they are.
+    shape: f64,
+    basket: f64,
+    noise: Option<LogNormal<f64>>,
+    kind: Kind,
+    event_ts: Option<i64>,
+    /// A drifter who stops altogether (else they slow down sixfold).
+    stops_dead: bool,
+    preferred: u8,
+}
+
+impl Persona {
+    fn draw(rng: &mut ChaCha8Rng, opts: &GenerateOptions) -> Self {
+        let end = opts.start + i64::from(opts.days) * DAY;
+        let span = i64::from(opts.days) * DAY;
+        let join = opts.start + rng.random_range(0..(span * 7 / 10).max(DAY));
+        let mean_gap = LogNormal::new(30f64.ln(), 0.7)
+            .map(|d| d.sample(rng))
+            .unwrap_or(30.0)
+            .clamp(3.0, 180.0);
+        let shape: f64 = rng.random_range(1.5..5.0);
+        let basket = LogNormal::new(35f64.ln(), 0.5)
+            .map(|d| d.sample(rng))
+            .unwrap_or(35.0);
+        let noise = LogNormal::new(0.0, 0.35).ok();
+        let u: f64 = rng.random();
+        let kind = if u < 0.22 {
+            Kind::Drifter
+        } else if u < 0.32 {
+            Kind::Riser
+        } else {
+            Kind::Steady
+        };
+        // Events spread over the customer's life and a little past the end of the log.
+        let event_ts = (kind != Kind::Steady).then(|| {
+            join + 60 * DAY + rng.random_range(0..(end + 90 * DAY - join - 60 * DAY).max(DAY))
+        });
+        Persona {
+            join,
+            mean_gap,
+            shape,
+            basket,
+            noise,
+            kind,
+            event_ts,
+            stops_dead: rng.random_bool(0.85),
+            preferred: rng.random_range(0..CHANNELS.len()) as u8,
+        }
+    }
+
+    /// How the gaps and baskets are scaled at `t`; `None` once a drifter has stopped.
+    fn scales(&self, t: i64) -> Option<(f64, f64)> {
+        match (self.kind, self.event_ts) {
+            (Kind::Drifter, Some(e)) if t >= e => (!self.stops_dead).then_some((6.0, 1.0)),
+            (Kind::Riser, Some(e)) if t >= e => {
+                let p = ((t - e) as f64 / (180 * DAY) as f64).min(1.0);
+                Some((1.0 - 0.55 * p, 1.0 + 1.2 * p))
+            }
+            _ => Some((1.0, 1.0)),
+        }
+    }
+}
+
 fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
     let mut rng = customer_rng(opts.seed, i);
     let end = opts.start + i64::from(opts.days) * DAY;
-    let span = i64::from(opts.days) * DAY;
-    let join = opts.start + rng.random_range(0..(span * 7 / 10).max(DAY));
-    let mean_gap = LogNormal::new(30f64.ln(), 0.7)
-        .map(|d| d.sample(&mut rng))
-        .unwrap_or(30.0)
-        .clamp(3.0, 180.0);
-    let shape: f64 = rng.random_range(1.5..5.0);
-    let basket = LogNormal::new(35f64.ln(), 0.5)
-        .map(|d| d.sample(&mut rng))
-        .unwrap_or(35.0);
-    let noise = LogNormal::new(0.0, 0.35).ok();
-    let u: f64 = rng.random();
-    let kind = if u < 0.22 {
-        Kind::Drifter
-    } else if u < 0.32 {
-        Kind::Riser
-    } else {
-        Kind::Steady
-    };
-    let event_ts = match kind {
-        Kind::Steady => None,
-        // Events spread over the customer's life and a little past the end of the log.
-        _ => {
-            Some(join + 60 * DAY + rng.random_range(0..(end + 90 * DAY - join - 60 * DAY).max(DAY)))
-        }
-    };
-    let stops_dead = rng.random_bool(0.85);
-    let preferred = rng.random_range(0..CHANNELS.len()) as u8;
+    let who = Persona::draw(&mut rng, opts);
     let mut balance = 0u32;
-    let mut t = join;
+    let mut t = who.join;
     while t < end {
-        let mut gap_scale = 1.0;
-        let mut basket_scale = 1.0;
-        match (kind, event_ts) {
-            (Kind::Drifter, Some(e)) if t >= e => {
-                if stops_dead {
-                    break;
-                }
-                gap_scale = 6.0;
-            }
-            (Kind::Riser, Some(e)) if t >= e => {
-                let p = ((t - e) as f64 / (180 * DAY) as f64).min(1.0);
-                gap_scale = 1.0 - 0.55 * p;
-                basket_scale = 1.0 + 1.2 * p;
-            }
-            _ => {}
-        }
-        let amount = (basket * basket_scale * noise.map_or(1.0, |n| n.sample(&mut rng))).max(0.5);
+        let Some((gap_scale, basket_scale)) = who.scales(t) else {
+            break;
+        };
+        let noise = who.noise.map_or(1.0, |n| n.sample(&mut rng));
+        let amount = (who.basket * basket_scale * noise).max(0.5);
         let amount_cents = (amount * 100.0).round() as u64;
         let earned = (amount_cents / 100) as u32;
         balance += earned;
@@ -145,7 +173,7 @@ fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
             0
         };
         let channel = if rng.random_bool(0.75) {
-            preferred
+            who.preferred
         } else {
             rng.random_range(0..CHANNELS.len()) as u8
         };
@@ -163,17 +191,17 @@ fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
                 quantity: 1 + (amount / 25.0) as u16,
             });
         }
-        let g = Gamma::new(shape, mean_gap / shape)
+        let g = Gamma::new(who.shape, who.mean_gap / who.shape)
             .map(|d| d.sample(&mut rng))
-            .unwrap_or(mean_gap);
+            .unwrap_or(who.mean_gap);
         let days = (g * gap_scale / season(t)).max(0.02);
         t = day_start + DAY / 2 + (days * DAY as f64) as i64;
     }
     Truth {
         id: customer_id(i),
-        kind,
-        event_ts,
-        mean_gap_days: mean_gap,
+        kind: who.kind,
+        event_ts: who.event_ts,
+        mean_gap_days: who.mean_gap,
     }
 }
 
@@ -227,7 +255,7 @@ pub fn generate(
 pub fn write_truth(truth: &[Truth], out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "customer_id,kind,event_date,mean_gap_days")?;
     for t in truth {
-        let event = t.event_ts.map(super::time::fmt_day).unwrap_or_default();
+        let event = t.event_ts.map(crate::time::fmt_day).unwrap_or_default();
         writeln!(
             out,
             "{},{},{},{:.1}",
@@ -292,7 +320,7 @@ mod tests {
         ] {
             let mut s = String::new();
             push_rfc3339(&mut s, ts);
-            assert_eq!(s, crate::trainer::time::fmt_ts(ts));
+            assert_eq!(s, crate::time::fmt_ts(ts));
         }
     }
 

@@ -6,8 +6,8 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
-use super::time::parse_timestamp;
 use crate::features::{channel_id, Transaction, MAX_TS, MAX_VALUE, MIN_TS};
+use crate::time::parse_timestamp;
 
 /// Example line numbers kept per rejection reason.
 const EXAMPLES: usize = 5;
@@ -29,6 +29,7 @@ impl Default for LoadOptions {
 /// Why a row was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RejectReason {
+    NotUtf8,
     ColumnCount,
     EmptyId,
     BadTimestamp,
@@ -40,6 +41,7 @@ pub enum RejectReason {
 impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
+            RejectReason::NotUtf8 => "not UTF-8",
             RejectReason::ColumnCount => "wrong column count",
             RejectReason::EmptyId => "empty customer_id",
             RejectReason::BadTimestamp => "bad timestamp",
@@ -125,6 +127,11 @@ impl TransactionLog {
     /// Customer `i`'s rows, in time order.
     pub fn customer(&self, i: usize) -> &[LogRow] {
         &self.rows[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    /// Customer `i`'s rows that are history at `as_of` ([`crate::features::is_history`]).
+    pub fn history(&self, i: usize, as_of: i64) -> &[LogRow] {
+        crate::features::history_at(self.customer(i), as_of, |r| r.ts)
     }
 
     pub fn n_rows(&self) -> usize {
@@ -339,75 +346,109 @@ pub fn load_transactions<R: Read>(
     if !unknown.is_empty() {
         tracing::warn!(columns = %unknown.join(","), "ignoring unknown columns");
     }
-
-    let mut q = DataQuality {
-        source: source_name.to_string(),
-        ignored_columns: unknown,
-        first_ts: i64::MAX,
-        last_ts: i64::MIN,
+    let mut acc = Accumulator {
+        q: DataQuality {
+            source: source_name.to_string(),
+            ignored_columns: unknown,
+            first_ts: i64::MAX,
+            last_ts: i64::MIN,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let mut index: HashMap<String, u32> = HashMap::new();
-    let mut ids: Vec<String> = Vec::new();
-    let mut rows: Vec<LogRow> = Vec::new();
-    let mut channel_names: HashMap<u32, String> = HashMap::new();
+    read_rows(&mut rdr, &cols, &mut acc).map_err(|(line, reason)| LoadError::Read {
+        source_name: source_name.to_string(),
+        line,
+        reason,
+    })?;
+    let mut tap = rdr.into_inner();
+    (tap.progress)(tap.bytes);
+    acc.q.sha256 = hex::encode(tap.hasher.finalize());
+    acc.q.bytes = tap.bytes;
+    acc.q.rows_ok = acc.rows.len() as u64;
+    check_quality(&acc, source_name, opts)?;
+    let mut log = group(acc.rows, acc.ids, acc.q);
+    log.channel_names = acc.channel_names;
+    Ok(log)
+}
+
+/// What the loader has gathered so far.
+#[derive(Default)]
+struct Accumulator {
+    q: DataQuality,
+    index: HashMap<String, u32>,
+    ids: Vec<String>,
+    rows: Vec<LogRow>,
+    channel_names: HashMap<u32, String>,
+}
+
+impl Accumulator {
+    fn accept(&mut self, id: String, mut row: LogRow, rec: &csv::StringRecord, cols: &Columns) {
+        let next = self.ids.len() as u32;
+        let ids = &mut self.ids;
+        row.cust = *self.index.entry(id).or_insert_with_key(|id| {
+            ids.push(id.clone());
+            next
+        });
+        if row.channel != 0 && !self.channel_names.contains_key(&row.channel) {
+            if let Some(name) = cols.channel.and_then(|i| rec.get(i)) {
+                self.channel_names.insert(row.channel, name.to_string());
+            }
+        }
+        self.q.first_ts = self.q.first_ts.min(row.ts);
+        self.q.last_ts = self.q.last_ts.max(row.ts);
+        self.rows.push(row);
+    }
+}
+
+/// Every data row, parsed or rejected with its line; `Err((line, reason))` when the file
+/// itself cannot be read on.
+fn read_rows<R: Read>(
+    rdr: &mut csv::Reader<R>,
+    cols: &Columns,
+    acc: &mut Accumulator,
+) -> Result<(), (u64, String)> {
     let mut rec = csv::StringRecord::new();
     loop {
         match rdr.read_record(&mut rec) {
             Ok(true) => {}
-            Ok(false) => break,
+            Ok(false) => return Ok(()),
             Err(e) => {
                 let line = e.position().map_or(0, |p| p.line());
                 // Invalid UTF-8 and the like spoil one row, not the file.
                 if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
-                    q.rows_read += 1;
+                    acc.q.rows_read += 1;
                     reject(
-                        &mut q,
-                        RejectReason::ColumnCount,
+                        &mut acc.q,
+                        RejectReason::NotUtf8,
                         line,
                         "row is not valid UTF-8",
                     );
                     continue;
                 }
-                return Err(LoadError::Read {
-                    source_name: source_name.to_string(),
-                    line,
-                    reason: e.to_string(),
-                });
+                return Err((line, e.to_string()));
             }
         }
         // Blank lines are not rows.
         if rec.len() == 1 && rec.get(0).is_some_and(|f| f.trim().is_empty()) {
             continue;
         }
-        q.rows_read += 1;
+        acc.q.rows_read += 1;
         let line = rec.position().map_or(0, |p| p.line());
-        match parse_row(&rec, &cols) {
-            Ok((id, mut row)) => {
-                let next = ids.len() as u32;
-                let cust = *index.entry(id).or_insert_with_key(|id| {
-                    ids.push(id.clone());
-                    next
-                });
-                row.cust = cust;
-                if row.channel != 0 && !channel_names.contains_key(&row.channel) {
-                    if let Some(name) = cols.channel.and_then(|i| rec.get(i)) {
-                        channel_names.insert(row.channel, name.to_string());
-                    }
-                }
-                q.first_ts = q.first_ts.min(row.ts);
-                q.last_ts = q.last_ts.max(row.ts);
-                rows.push(row);
-            }
-            Err((reason, msg)) => reject(&mut q, reason, line, &msg),
+        match parse_row(&rec, cols) {
+            Ok((id, row)) => acc.accept(id, row, &rec, cols),
+            Err((reason, msg)) => reject(&mut acc.q, reason, line, &msg),
         }
     }
-    let mut tap = rdr.into_inner();
-    (tap.progress)(tap.bytes);
-    q.sha256 = hex::encode(tap.hasher.finalize());
-    q.bytes = tap.bytes;
-    q.rows_ok = rows.len() as u64;
+}
 
+/// Stops the run when too many rows are bad, or none is good.
+fn check_quality(
+    acc: &Accumulator,
+    source_name: &str,
+    opts: &LoadOptions,
+) -> Result<(), LoadError> {
+    let q = &acc.q;
     let bad = q.rows_rejected();
     if q.rows_read > 0 && bad as f64 > opts.max_bad_share * q.rows_read as f64 {
         return Err(LoadError::TooManyBad {
@@ -423,15 +464,12 @@ pub fn load_transactions<R: Read>(
                 .collect(),
         });
     }
-    if rows.is_empty() {
+    if acc.rows.is_empty() {
         return Err(LoadError::Empty {
             source_name: source_name.to_string(),
         });
     }
-    drop(index);
-    let mut log = group(rows, ids, q);
-    log.channel_names = channel_names;
-    Ok(log)
+    Ok(())
 }
 
 fn reject(q: &mut DataQuality, reason: RejectReason, line: u64, msg: &str) {

@@ -10,7 +10,6 @@ pub mod fit;
 pub mod generate;
 pub mod load;
 pub mod report;
-pub mod time;
 
 use crate::features::FeatureError;
 use crate::forest::ForestError;

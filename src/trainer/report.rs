@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::model::{ChurnMetrics, ClvMetrics, Manifest, Metrics};
 
 use super::load::DataQuality;
-use super::time::fmt_day;
+use crate::time::fmt_day;
 
 pub fn data_quality(q: &DataQuality) -> String {
     let mut s = String::new();

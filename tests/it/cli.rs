@@ -102,7 +102,11 @@ fn promote_compare_and_roll_back_from_the_cli() {
 
     let missing_reason = cli(path, &["alias", "set", "staging", a]);
     assert!(!missing_reason.status.success());
-    assert!(text(&missing_reason.stderr).contains("--reason is required"));
+    assert!(
+        text(&missing_reason.stderr).contains("reason is required"),
+        "{}",
+        text(&missing_reason.stderr)
+    );
 
     let out = ok(&cli(
         path,

@@ -538,7 +538,7 @@ fn lines_before(csv: &str, t: i64, max_customer: Option<u32>) -> Vec<u8> {
         let keep = i == 0 || {
             let mut cols = line.split(',');
             let id = cols.next().unwrap();
-            let ts = loyalscore::trainer::time::parse_timestamp(cols.next().unwrap()).unwrap();
+            let ts = loyalscore::time::parse_timestamp(cols.next().unwrap()).unwrap();
             ts < t && max_customer.is_none_or(|m| id[1..].parse::<u32>().unwrap() <= m)
         };
         if keep {
@@ -558,7 +558,7 @@ async fn the_read_out_names_the_truly_better_challenger() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, _) = crate::support::sample(dir.path(), 4000, 900, 5);
     let text = std::fs::read_to_string(&csv).unwrap();
-    let t = loyalscore::trainer::time::parse_timestamp("2023-01-01").unwrap() + 700 * DAY;
+    let t = loyalscore::time::parse_timestamp("2023-01-01").unwrap() + 700 * DAY;
     let before = lines_before(&text, t, None);
     let control = train_on(&lines_before(&text, t, Some(150)), 2, 2, 1);
     let challenger = train_on(&before, 30, 10, 2);

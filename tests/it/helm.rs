@@ -15,8 +15,10 @@ fn check(args: &[&str]) -> Output {
         std::path::Path::new(&python).exists(),
         "{python} not found: run ./scripts/test.sh, which installs the chart checkers into .venv"
     );
+    let after_drain = loyalscore::server::AFTER_DRAIN.as_secs().to_string();
     Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/helm/check.py"))
+        .args(["--after-drain", &after_drain])
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

@@ -1,7 +1,9 @@
 //! The integration tests: one binary, real files, real binaries, real servers on loopback.
 
+mod boundary;
 mod cli;
 mod experiment;
+mod faults;
 mod helm;
 mod moto;
 mod registry;

@@ -84,7 +84,6 @@ async fn traffic_contract(reg: &Registry) {
     for (bad, needle) in [
         (experiment("s", "v002", [0, 0]), "every weight is 0"),
         (experiment("s", "v404", [1, 1]), "v404"),
-        (experiment("", "v002", [1, 1]), "salt"),
     ] {
         let err = reg
             .set_traffic("production", bad, None, &who("eve", "bad"))
@@ -110,6 +109,23 @@ async fn traffic_contract(reg: &Registry) {
             .collect::<Vec<_>>(),
         [(1, "set"), (2, "stop")]
     );
+    // The registry, not each front end, gives an experiment without a salt its name as salt,
+    // and refuses a change without a reason.
+    let rec = reg
+        .set_traffic(
+            "production",
+            experiment("", "v002", [1, 1]),
+            Some(2),
+            &who("ann", "no salt"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.experiment.unwrap().salt, "exp");
+    let err = reg
+        .stop_traffic("production", Some(3), &who("ann", " "))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::ReasonRequired), "{err}");
 }
 
 async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
@@ -323,7 +339,7 @@ async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
         &store,
         &root,
         &format!("versions/vsum/{MANIFEST_FILE}"),
-        Box::leak(m.to_json().into_boxed_slice()),
+        Box::leak(m.to_json().unwrap().into_boxed_slice()),
     )
     .await;
     let (_, b) = version("vsum");
@@ -339,7 +355,7 @@ async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
         &store,
         &root,
         &format!("versions/vmissing/{MANIFEST_FILE}"),
-        Box::leak(m.to_json().into_boxed_slice()),
+        Box::leak(m.to_json().unwrap().into_boxed_slice()),
     )
     .await;
     for (bad, needle) in [

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loyalscore::features::{FEATURE_NAMES, N_FEATURES};
+use loyalscore::flags::{LogArgs, RegistryArgs};
 use loyalscore::proto::v1 as pb;
 use loyalscore::proto::v1::registry_client::RegistryClient;
 use loyalscore::proto::v1::scoring_client::ScoringClient;
@@ -29,23 +30,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(registry: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            registry: registry.into(),
-            alias: "production".into(),
-            poll_interval_secs: 1,
-            metrics_listen: "127.0.0.1:0".into(),
-            max_batch: 10_000,
-            max_history: 10_000,
-            max_message_bytes: 64 << 20,
-            drain_secs: 5,
-            log_format: "text".into(),
-            log: "warn".into(),
-            admin_token: Some(TOKEN.into()),
-            exposure_log: None,
-            exposure_key: None,
-            shadow_queue: 10_000,
-        };
+        let mut config = Config::defaults().unwrap();
+        config.listen = "127.0.0.1:0".into();
+        config.registry = RegistryArgs::new(registry);
+        config.poll_interval_secs = 1;
+        config.metrics_listen = "127.0.0.1:0".into();
+        config.drain_secs = 5;
+        config.log = LogArgs::new("warn");
+        config.admin_token = Some(TOKEN.into());
         tweak(&mut config);
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

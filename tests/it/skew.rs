@@ -2,9 +2,8 @@
 //! what the server computes from the same history at the same as_of, bit for bit, and so do
 //! the scores.
 
-use std::collections::HashMap;
-
-use loyalscore::features::{channel_id, DAY};
+use loyalscore::cli::score_log::history_request;
+use loyalscore::features::DAY;
 use loyalscore::proto::v1 as pb;
 use loyalscore::trainer::dataset::build_rows;
 use loyalscore::trainer::{load_transactions, LoadOptions, Silent};
@@ -33,40 +32,10 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
     let server = TestServer::start(path.to_str().unwrap(), |_| {}).await;
     until_serving(&server).await;
 
-    let names: HashMap<u32, &str> = ["store", "web", "app"]
-        .into_iter()
-        .map(|n| (channel_id(n), n))
-        .collect();
     let items: Vec<pb::ScoreRequest> = (0..rows.len())
-        .map(|i| {
-            let c = rows.cust[i] as usize;
-            let txs = log
-                .customer(c)
-                .iter()
-                .filter(|r| r.ts < as_of)
-                .map(|r| pb::Transaction {
-                    time: Some(prost_types::Timestamp {
-                        seconds: r.ts,
-                        nanos: 0,
-                    }),
-                    amount: r.amount,
-                    points_earned: r.points_earned,
-                    points_redeemed: r.points_redeemed,
-                    channel: names[&r.channel].to_string(),
-                })
-                .collect();
-            pb::ScoreRequest {
-                customer_id: log.ids[c].clone(),
-                input: Some(pb::score_request::Input::History(pb::History {
-                    transactions: txs,
-                })),
-                as_of: Some(prost_types::Timestamp {
-                    seconds: as_of,
-                    nanos: 0,
-                }),
-                explain: true,
-                ..Default::default()
-            }
+        .map(|i| pb::ScoreRequest {
+            explain: true,
+            ..history_request(&log, rows.cust[i] as usize, as_of, "")
         })
         .collect();
     let churn = bundle.churn.predict(&rows.x);

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use loyalscore::time::parse_timestamp;
 use loyalscore::trainer::generate::{generate, GenerateOptions, Truth};
-use loyalscore::trainer::time::parse_timestamp;
 
 /// A generated log written to `dir/sample.csv`, with its truth.
 pub fn sample(dir: &Path, customers: usize, days: u32, seed: u64) -> (PathBuf, Vec<Truth>) {

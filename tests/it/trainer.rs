@@ -155,7 +155,7 @@ fn bad_flags_fail_before_training() {
     let cases: [(Vec<&str>, &str); 3] = [
         (
             vec!["--transactions", csv, "--as-of", "2024-99-01"],
-            "--as-of \"2024-99-01\"",
+            "'2024-99-01' for '--as-of <AS_OF>': \"2024-99-01\" is neither YYYY-MM-DD",
         ),
         (
             vec![

@@ -1,4 +1,5 @@
-//! Dates and timestamps as the trainer's users write them.
+//! Dates and timestamps as users write them (CSV files, `--as-of`, JSON requests) and as we
+//! print them. Shared by the trainer, the command line and the server.
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 

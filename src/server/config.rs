@@ -1,0 +1,87 @@
+//! The server's settings: one clap block, every flag also an environment variable (the Helm
+//! chart sets exactly these; a test compares the two lists).
+
+use clap::Args;
+
+use crate::flags::{AliasArgs, LogArgs, RegistryArgs};
+use crate::scoring::Limits;
+
+/// Every server setting; each flag can also be set by its environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address, host:port (0.0.0.0:50051 to listen on every interface).
+    #[arg(long, env = "LOYALSCORE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub alias: AliasArgs,
+    /// Seconds between checks of the alias and its traffic document in the registry.
+    #[arg(long, env = "LOYALSCORE_POLL_INTERVAL_SECS", default_value_t = 10)]
+    pub poll_interval_secs: u64,
+    /// Prometheus metrics listen address, host:port (GET /metrics); "off" disables it.
+    #[arg(
+        long,
+        env = "LOYALSCORE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: String,
+    /// Most customers in one BatchScore call (or rows in one KServe V2 tensor).
+    #[arg(long, env = "LOYALSCORE_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+    /// Most transactions in one customer's history.
+    #[arg(long, env = "LOYALSCORE_MAX_HISTORY", default_value_t = 10_000)]
+    pub max_history: usize,
+    /// Largest request message the server decodes, in bytes.
+    #[arg(long, env = "LOYALSCORE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seconds to finish in-flight requests after SIGTERM or SIGINT; flushing the exposure
+    /// log and stopping the metrics port take at most 8 s more.
+    #[arg(long, env = "LOYALSCORE_DRAIN_SECS", default_value_t = 20)]
+    pub drain_secs: u64,
+    /// Log format: text (for people) or json (one object a line, for log collectors).
+    #[arg(long, env = "LOYALSCORE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Token the Registry admin service requires (authorization: Bearer TOKEN); without one
+    /// the service is off.
+    #[arg(long, env = "LOYALSCORE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Where experiment exposures are appended as JSON lines: a folder or a bucket URL.
+    /// Off when unset.
+    #[arg(long, env = "LOYALSCORE_EXPOSURE_LOG")]
+    pub exposure_log: Option<String>,
+    /// Secret key for the hash that stands for customer ids in the exposure log (at least
+    /// 16 bytes); the read-out needs the same key.
+    #[arg(long, env = "LOYALSCORE_EXPOSURE_KEY", hide_env_values = true)]
+    pub exposure_key: Option<String>,
+    /// Shadow scoring jobs queued at most (jobs, one per answered customer); past it they are
+    /// dropped and counted.
+    #[arg(long, env = "LOYALSCORE_SHADOW_QUEUE", default_value_t = 10_000)]
+    pub shadow_queue: usize,
+}
+
+impl Config {
+    /// Every flag at its default, as `loyalscore-serve` with no flags and no environment
+    /// runs (tests and the quickstart start from here and change what they need).
+    pub fn defaults() -> Result<Self, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let matches = Only::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(["loyalscore-serve"])?;
+        Ok(Only::from_arg_matches(&matches)?.config)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_history: self.max_history,
+            max_batch: self.max_batch,
+        }
+    }
+}
