@@ -9,8 +9,8 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 
 use loyalscore::features::{CustomerSummary, Transaction, DAY};
 use loyalscore::forest::{smartcore_forest, FlatForest, ForestParams, Matrix, TrainingMatrix};
-use loyalscore::scoring::{score, Model};
-use loyalscore::trainer::dataset::build_rows;
+use loyalscore::scoring::{score, Explain, Model};
+use loyalscore::trainer::dataset::{build_rows, everyone, keep_all};
 use loyalscore::trainer::generate::{generate, GenerateOptions};
 use loyalscore::trainer::{
     load_transactions, train, FitOptions, LoadOptions, Overrides, RunInfo, Silent,
@@ -51,7 +51,16 @@ fn setup() -> Setup {
     let t = train(&log, &fit, &run, &Silent).unwrap();
     let model = Model::new(t.manifest, t.bundle).unwrap();
     let as_of = (log.quality.last_ts / DAY - 180) * DAY;
-    let r = build_rows(&log, &[as_of], 180 * DAY, 365 * DAY, &|_| true, &Silent).unwrap();
+    let r = build_rows(
+        &log,
+        &[as_of],
+        180 * DAY,
+        365 * DAY,
+        &everyone,
+        &keep_all,
+        &Silent,
+    )
+    .unwrap();
     let mut rows = Matrix::new(r.x.n_cols);
     for i in 0..10_000 {
         rows.push_row(r.x.row(i % r.len()));
@@ -120,13 +129,17 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("score_both_forests");
+    let explain = Explain {
+        reasons: true,
+        ..Explain::default()
+    };
     let mut f = [0.0; loyalscore::features::N_FEATURES];
     f.copy_from_slice(s.rows.row(7));
     g.bench_function("reasons_off", |b| {
-        b.iter(|| score(&s.model, black_box(&f), false))
+        b.iter(|| score(&s.model, black_box(&f), as_of, Explain::default()))
     });
     g.bench_function("reasons_on", |b| {
-        b.iter(|| score(&s.model, black_box(&f), true))
+        b.iter(|| score(&s.model, black_box(&f), as_of, explain))
     });
     g.finish();
 }

@@ -30,9 +30,12 @@ pub struct ScoreArgs {
     /// Pin this version id instead of the one the server serves (bypasses any experiment).
     #[arg(long)]
     pub version: Option<String>,
-    /// Ask for the top three reasons and the feature values used.
+    /// Ask for the reasons (churn, CLV, segment) and the feature values used.
     #[arg(long)]
     pub explain: bool,
+    /// Language of the reasons: en or de.
+    #[arg(long, default_value = "en")]
+    pub locale: String,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +68,7 @@ fn request(a: &ScoreArgs) -> anyhow::Result<pb::ScoreRequest> {
     let mut req = pb::ScoreRequest {
         explain: a.explain,
         version: a.version.clone().unwrap_or_default(),
+        locale: a.locale.clone(),
         ..Default::default()
     };
     let mut as_of = a.as_of;
@@ -148,51 +152,97 @@ pub async fn score(a: ScoreArgs, json: bool) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     if json {
-        let reasons: Vec<_> = r
-            .reasons
-            .iter()
-            .map(|x| serde_json::json!({"feature": x.feature, "churn_contribution": x.churn_contribution, "text": x.text}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "customer_id": r.customer_id,
-                "churn_probability": r.churn_probability,
-                "clv": r.clv,
-                "horizon_days": r.horizon_days,
-                "segment": r.segment,
-                "model_version": r.model_version,
-                "experiment": r.experiment,
-                "arm": r.arm,
-                "holdout": r.holdout,
-                "reasons": reasons,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&response_json(&r))?);
         return Ok(());
     }
-    println!("customer          {}", r.customer_id);
+    print!("{}", response_text(&r));
+    Ok(())
+}
+
+fn date(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .map(|t| crate::time::fmt_day(t.seconds))
+        .unwrap_or_default()
+}
+
+fn reasons_json(rs: &[pb::Reason], clv: bool) -> Vec<serde_json::Value> {
+    rs.iter()
+        .map(|x| {
+            let (key, v) = if clv {
+                ("clv_contribution", x.clv_contribution)
+            } else {
+                ("churn_contribution", x.churn_contribution)
+            };
+            serde_json::json!({"feature": x.feature, key: v, "text": x.text})
+        })
+        .collect()
+}
+
+fn response_json(r: &pb::ScoreResponse) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": r.customer_id,
+        "churn_probability": r.churn_probability,
+        "clv": r.clv,
+        "horizon_days": r.horizon_days,
+        "segment": r.segment,
+        "segment_reason": r.segment_reason,
+        "typical_gap_days": r.typical_gap_days,
+        "expected_next_purchase": date(&r.expected_next_purchase),
+        "days_overdue": r.days_overdue,
+        "overdue_percentile": r.overdue_percentile,
+        "contact_from": date(&r.contact_from),
+        "contact_by": date(&r.contact_by),
+        "model_version": r.model_version,
+        "experiment": r.experiment,
+        "arm": r.arm,
+        "holdout": r.holdout,
+        "reasons": reasons_json(&r.reasons, false),
+        "clv_reasons": reasons_json(&r.clv_reasons, true),
+    })
+}
+
+fn response_text(r: &pb::ScoreResponse) -> String {
+    let mut s = format!("customer          {}\n", r.customer_id);
     if r.holdout {
-        println!(
-            "experiment        {} (arm {}: held out, no model score)",
+        s += &format!(
+            "experiment        {} (arm {}: held out, no model score)\n",
             r.experiment, r.arm
         );
-        return Ok(());
+        return s;
     }
-    println!(
-        "churn probability {:.3} (no purchase within {} days)",
+    s += &format!(
+        "churn probability {:.3} (no purchase within {} days)\n",
         r.churn_probability, r.horizon_days
     );
-    println!(
-        "CLV               {:.2} (spend within {} days)",
+    s += &format!(
+        "CLV               {:.2} (net spend within {} days)\n",
         r.clv, r.horizon_days
     );
-    println!("segment           {}", r.segment);
-    println!("model version     {}", r.model_version);
+    s += &format!("segment           {}\n", r.segment);
+    if !r.segment_reason.is_empty() {
+        s += &format!("  because         {}\n", r.segment_reason);
+    }
+    s += &format!(
+        "rhythm            usually every {:.0} days; next purchase due {}; {:.0} days overdue; silence longer than {:.0}% of their usual gaps\n",
+        r.typical_gap_days,
+        date(&r.expected_next_purchase),
+        r.days_overdue,
+        100.0 * r.overdue_percentile
+    );
+    s += &format!(
+        "contact window    {} to {}\n",
+        date(&r.contact_from),
+        date(&r.contact_by)
+    );
+    s += &format!("model version     {}\n", r.model_version);
     if !r.arm.is_empty() {
-        println!("experiment        {} (arm {})", r.experiment, r.arm);
+        s += &format!("experiment        {} (arm {})\n", r.experiment, r.arm);
     }
     for x in &r.reasons {
-        println!("reason            {}", x.text);
+        s += &format!("churn reason      {}\n", x.text);
     }
-    Ok(())
+    for x in &r.clv_reasons {
+        s += &format!("CLV reason        {}\n", x.text);
+    }
+    s
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use crate::flags::{self, ServerArgs, TransactionsArgs};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
+use crate::scoring::Timing;
 use crate::trainer::TransactionLog;
 use tonic::transport::Channel;
 
@@ -24,7 +25,7 @@ pub struct ScoreLogArgs {
     #[arg(long, value_parser = flags::as_of)]
     pub as_of: i64,
     /// Output CSV: customer_id, churn_probability, clv, segment, model_version, experiment,
-    /// arm.
+    /// arm, then the timing columns (typical_gap_days ... contact_by).
     #[arg(long)]
     pub out: std::path::PathBuf,
     /// Customers per BatchScore call.
@@ -76,7 +77,8 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     let mut w = std::io::BufWriter::new(file);
     writeln!(
         w,
-        "customer_id,churn_probability,clv,segment,model_version,experiment,arm"
+        "customer_id,churn_probability,clv,segment,model_version,experiment,arm,{}",
+        Timing::COLUMNS.join(",")
     )?;
     let counts = rt.block_on(score_all(&a, &log, &mut w))?;
     w.flush()?;
@@ -123,6 +125,7 @@ pub fn history_request(
         as_of: at(as_of),
         version: version.to_string(),
         explain: false,
+        locale: String::new(),
     }
 }
 
@@ -177,18 +180,28 @@ fn write_result(
     match item.result {
         Some(pb::batch_item::Result::Score(s)) => {
             counts.scored += 1;
-            let (churn, clv) = if s.holdout {
-                (String::new(), String::new())
+            let (churn, clv, timing) = if s.holdout {
+                (
+                    String::new(),
+                    String::new(),
+                    vec![String::new(); Timing::COLUMNS.len()],
+                )
             } else {
                 (
                     format!("{:.6}", s.churn_probability),
                     format!("{:.2}", s.clv),
+                    timing_of(&s).cells().to_vec(),
                 )
             };
             writeln!(
                 w,
-                "{},{churn},{clv},{},{},{},{}",
-                s.customer_id, s.segment, s.model_version, s.experiment, s.arm
+                "{},{churn},{clv},{},{},{},{},{}",
+                s.customer_id,
+                s.segment,
+                s.model_version,
+                s.experiment,
+                s.arm,
+                timing.join(",")
             )?;
         }
         Some(pb::batch_item::Result::Error(e)) => {
@@ -200,4 +213,17 @@ fn write_result(
         None => counts.failed += 1,
     }
     Ok(())
+}
+
+/// The answer's timing fields, back as the domain value the CSV cells come from.
+fn timing_of(s: &pb::ScoreResponse) -> Timing {
+    let at = |t: &Option<prost_types::Timestamp>| t.as_ref().map_or(0, |t| t.seconds);
+    Timing {
+        typical_gap_days: s.typical_gap_days,
+        expected_next_purchase: at(&s.expected_next_purchase),
+        days_overdue: s.days_overdue,
+        overdue_percentile: s.overdue_percentile,
+        contact_from: at(&s.contact_from),
+        contact_by: at(&s.contact_by),
+    }
 }

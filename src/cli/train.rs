@@ -10,11 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use object_store::ObjectStoreExt;
 
 use crate::flags::{self, AliasArgs, LogArgs, RegistryArgs, TransactionsArgs};
+use crate::model::SegmentRules;
 use crate::model::BUNDLE_FILE;
 use crate::registry::{open_store, Registry};
 use crate::time::parse_timestamp;
 use crate::trainer::generate::{generate, write_truth, GenerateOptions};
-use crate::trainer::{self, report, FitOptions, LoadOptions, Overrides, RunInfo, TrainError};
+use crate::trainer::{
+    self, report, CalibrationMethod, FitOptions, LoadOptions, Overrides, RunInfo, SplitOptions,
+    TrainError,
+};
 
 use super::progress::{bar, Bars};
 
@@ -82,7 +86,9 @@ pub struct OfflineScoreArgs {
     /// Score with this version id instead of the alias's.
     #[arg(long)]
     pub version: Option<String>,
-    /// Output CSV: customer_id, churn_probability, clv, segment, version.
+    /// Output CSV: customer_id, churn_probability, clv, segment, version, then the timing
+    /// columns (typical_gap_days, expected_next_purchase, days_overdue, overdue_percentile,
+    /// contact_from, contact_by).
     #[arg(long, default_value = "scores.csv")]
     pub out: PathBuf,
 }
@@ -138,9 +144,17 @@ pub struct FitArgs {
     /// A customer counts at a snapshot if they bought within this many days before it.
     #[arg(long, default_value_t = 365)]
     pub lookback_days: u32,
-    /// Most earlier snapshots stacked for training in an out-of-time split.
-    #[arg(long, default_value_t = 3)]
+    /// Most snapshots stacked for training (and for the refit), one every
+    /// --snapshot-stride-days, so the forests see every time of the year.
+    #[arg(long, default_value_t = 12)]
     pub train_snapshots: usize,
+    /// Days between stacked training snapshots.
+    #[arg(long, default_value_t = 30)]
+    pub snapshot_stride_days: u32,
+    /// Most earlier validation snapshots, one calendar quarter (91 days) apart, beside the
+    /// latest: a validation figure per quarter where the data allows.
+    #[arg(long, default_value_t = 3)]
+    pub validation_quarters: usize,
     /// Trees per forest.
     #[arg(long, default_value_t = 100)]
     pub trees: usize,
@@ -162,9 +176,19 @@ pub struct FitArgs {
     /// Random seed of the forests: the same seed and thread count give the same version.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Training rows are sampled (by customer hash) down to about this many.
+    /// Training rows are sampled (by customer and snapshot hash) to about this many while
+    /// they are built, so memory stays bounded however many snapshots are stacked.
     #[arg(long, default_value_t = 400_000)]
     pub max_train_rows: usize,
+    /// Validation rows are sampled (by customer hash) to about this many.
+    #[arg(long, default_value_t = 400_000)]
+    pub max_validation_rows: usize,
+    /// How raw churn probabilities are calibrated, learnt on an inner split of the training
+    /// customers (auto: the method with the lowest cross-validated Brier score there).
+    #[arg(long, value_enum, default_value_t = CalibrationMethod::Auto)]
+    pub calibration: CalibrationMethod,
+    #[command(flatten)]
+    pub segments: SegmentArgs,
     /// Threads for fitting (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -174,6 +198,60 @@ pub struct FitArgs {
     /// Publish even if the models do not beat their baselines.
     #[arg(long)]
     pub force: bool,
+}
+
+/// The segment rules' thresholds (README "Segments"), stored in the version.
+#[derive(Args, Debug, Clone)]
+pub struct SegmentArgs {
+    /// Calibrated churn probability at or above which an overdue customer is dormant
+    /// (probably gone).
+    #[arg(long, default_value_t = SegmentRules::default().churn_gone)]
+    pub segment_churn_gone: f64,
+    /// Calibrated churn probability at or above which an overdue customer is lapsing (or
+    /// at_risk_valuable when valuable).
+    #[arg(long, default_value_t = SegmentRules::default().churn_risk)]
+    pub segment_churn_risk: f64,
+    /// Calibrated churn probability at or below which a valuable customer is loyal.
+    #[arg(long, default_value_t = SegmentRules::default().churn_low)]
+    pub segment_churn_low: f64,
+    /// Overdue percentile (share of their own gaps shorter than the silence, 0 to 1) at which
+    /// the silence is unusual: the contact window opens, risk segments start.
+    #[arg(long, default_value_t = SegmentRules::default().overdue_unusual)]
+    pub segment_overdue_unusual: f64,
+    /// Overdue percentile at which the contact window closes.
+    #[arg(long, default_value_t = SegmentRules::default().overdue_late)]
+    pub segment_overdue_late: f64,
+    /// Net spend over the last year at or above which a customer is valuable, in the
+    /// programme's currency. Default: the 80th percentile on the training rows, rounded to
+    /// two significant digits.
+    #[arg(long)]
+    pub segment_value_high: Option<f64>,
+    /// Rising: shopping days in the last 90 days at least this many times what the
+    /// customer's own earlier rate gives for the same days (season-adjusted) ...
+    #[arg(long, default_value_t = SegmentRules::default().rising_visits)]
+    pub segment_rising_visits: f64,
+    /// ... and net spend at least this many times.
+    #[arg(long, default_value_t = SegmentRules::default().rising_spend)]
+    pub segment_rising_spend: f64,
+    /// Days after the first purchase during which a one-day customer is new.
+    #[arg(long, default_value_t = SegmentRules::default().new_days)]
+    pub segment_new_days: f64,
+}
+
+impl SegmentArgs {
+    fn rules(&self) -> SegmentRules {
+        SegmentRules {
+            churn_gone: self.segment_churn_gone,
+            churn_risk: self.segment_churn_risk,
+            churn_low: self.segment_churn_low,
+            overdue_unusual: self.segment_overdue_unusual,
+            overdue_late: self.segment_overdue_late,
+            value_high: self.segment_value_high.unwrap_or(0.0),
+            rising_visits: self.segment_rising_visits,
+            rising_spend: self.segment_rising_spend,
+            new_days: self.segment_new_days,
+        }
+    }
 }
 
 /// A depth limit, or none.
@@ -466,11 +544,17 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
     let log = load_log(&a.transactions, &rt)?;
     print!("{}", report::data_quality(&log.quality));
 
+    let defaults = FitOptions::default();
     let opts = FitOptions {
-        horizon_days: a.horizon_days,
-        as_of: a.as_of,
+        split: SplitOptions {
+            horizon_days: a.horizon_days,
+            as_of: a.as_of,
+            max_snapshots: a.train_snapshots.max(1),
+            stride_days: a.snapshot_stride_days.max(1),
+            max_quarters: a.validation_quarters,
+            ..defaults.split
+        },
         lookback_days: a.lookback_days,
-        train_snapshots: a.train_snapshots,
         n_trees: a.trees.max(1),
         mtry: a.mtry,
         seed: a.seed,
@@ -483,10 +567,18 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
             min_samples_leaf: a.clv_min_samples_leaf,
         },
         max_train_rows: a.max_train_rows.max(100),
-        threads: a.threads.unwrap_or_else(|| FitOptions::default().threads),
+        max_validation_rows: a.max_validation_rows.max(100),
+        calibration: a.calibration,
+        segments: a.segments.rules(),
+        value_high: a.segments.segment_value_high,
+        threads: a.threads.unwrap_or(defaults.threads),
         force: a.force,
-        ..FitOptions::default()
+        ..defaults
     };
+    // Checked before minutes of training (value_high is learnt when not given).
+    opts.segments
+        .validate()
+        .map_err(|e| anyhow::anyhow!("segment thresholds: {e}"))?;
     let run = RunInfo {
         args: std::env::args().collect(),
         created_at: chrono::Utc::now(),

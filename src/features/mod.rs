@@ -6,14 +6,21 @@
 //!
 //! Time is Unix seconds (UTC). A *visit* is a calendar day (UTC) with at least one purchase;
 //! gaps are measured between visits, so three CDs bought on one day are one trip to the shop.
+//! A negative amount is a return: it lowers net spend, and is neither a purchase nor a visit.
+//!
+//! Beside the features, [`rhythm`] judges a customer against their own purchase rhythm
+//! (typical gap, how unusual the current silence is, the contact window, the trend against
+//! their own earlier rate). It needs the population's rhythm, which each version learns.
 //! Window features count calendar days ending on the *reference day*, the day that holds the
 //! last instant before `as_of` (so an `as_of` at midnight looks at the previous full days).
 
+pub mod rhythm;
 mod schema;
 mod summary;
 
-pub use schema::{FeatureSchema, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
-pub use summary::{channel_id, CustomerSummary, DayAgg, Transaction};
+pub use rhythm::{Rhythm, RhythmModel, RhythmPrior};
+pub use schema::{f, FeatureSchema, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
+pub use summary::{channel_id, CustomerSummary, DayAgg, GapRing, Transaction, RECENT_GAPS};
 
 /// Seconds in a day.
 pub const DAY: i64 = 86_400;
@@ -31,7 +38,9 @@ pub type FeatureVector = [f64; N_FEATURES];
 pub enum FeatureError {
     #[error("timestamp {0} is out of range (1970-01-01 to 2200-01-01)")]
     TimestampOutOfRange(i64),
-    #[error("amount {0} is not a finite number between 0 and 1e9")]
+    #[error(
+        "amount {0} is not a finite number between -1e9 and 1e9 (a negative amount is a return)"
+    )]
     BadAmount(f64),
     #[error("{field} {value} is not a finite number between 0 and 1e9")]
     BadPoints { field: &'static str, value: f64 },
@@ -39,7 +48,7 @@ pub enum FeatureError {
     OutOfOrder { ts: i64, last: i64 },
     #[error("the customer has no purchase before as_of")]
     NoPurchases,
-    #[error("as_of {as_of} is not after the last purchase {last}")]
+    #[error("as_of {as_of} is not after the last transaction {last}")]
     AsOfNotAfterLastPurchase { as_of: i64, last: i64 },
 }
 

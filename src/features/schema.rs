@@ -3,10 +3,45 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bump when a name, its order or its definition changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bump when a name, its order or its definition changes. Version 2: spend is net of returns,
+/// a day with only returns is not a visit, and six rhythm features were added.
+pub const SCHEMA_VERSION: u32 = 2;
 
-pub const N_FEATURES: usize = 23;
+pub const N_FEATURES: usize = 29;
+
+/// Each feature's position in the vector, by name (a test checks them against
+/// [`FEATURE_NAMES`]).
+pub mod f {
+    pub const RECENCY_DAYS: usize = 0;
+    pub const TENURE_DAYS: usize = 1;
+    pub const PURCHASES_TOTAL: usize = 2;
+    pub const VISITS_TOTAL: usize = 3;
+    pub const PURCHASES_90D: usize = 4;
+    pub const PURCHASES_365D: usize = 5;
+    pub const SPEND_90D: usize = 6;
+    pub const SPEND_180D: usize = 7;
+    pub const SPEND_365D: usize = 8;
+    pub const SPEND_TOTAL: usize = 9;
+    pub const AVG_BASKET: usize = 10;
+    pub const BASKET_TREND: usize = 11;
+    pub const MEAN_GAP_DAYS: usize = 12;
+    pub const GAP_CV: usize = 13;
+    pub const OVERDUE_RATIO: usize = 14;
+    pub const OVERDUE_Z: usize = 15;
+    pub const SPEND_TREND: usize = 16;
+    pub const VISIT_TREND: usize = 17;
+    pub const SEASONALITY_PURCHASES: usize = 18;
+    pub const POINTS_EARNED_365D: usize = 19;
+    pub const POINTS_REDEEMED_365D: usize = 20;
+    pub const REDEMPTION_RATIO: usize = 21;
+    pub const DISTINCT_CHANNELS: usize = 22;
+    pub const RECENT_GAPS: usize = 23;
+    pub const RECENT_GAP_LOG_MEAN: usize = 24;
+    pub const RECENT_GAP_LOG_SD: usize = 25;
+    pub const VISITS_90D: usize = 26;
+    pub const VISITS_PRIOR_275D: usize = 27;
+    pub const RECENCY_LOG_Z: usize = 28;
+}
 
 /// Feature names in vector order. Definitions are in `summary.rs` and README.md.
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
@@ -33,6 +68,12 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "points_redeemed_365d",
     "redemption_ratio",
     "distinct_channels",
+    "recent_gaps",
+    "recent_gap_log_mean",
+    "recent_gap_log_sd",
+    "visits_90d",
+    "visits_prior_275d",
+    "recency_log_z",
 ];
 
 /// The schema as it travels in a manifest or a model bundle.
@@ -62,5 +103,49 @@ impl FeatureSchema {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{f, FEATURE_NAMES};
+
+    #[test]
+    fn the_named_indices_match_the_names() {
+        let pairs = [
+            (f::RECENCY_DAYS, "recency_days"),
+            (f::TENURE_DAYS, "tenure_days"),
+            (f::PURCHASES_TOTAL, "purchases_total"),
+            (f::VISITS_TOTAL, "visits_total"),
+            (f::PURCHASES_90D, "purchases_90d"),
+            (f::PURCHASES_365D, "purchases_365d"),
+            (f::SPEND_90D, "spend_90d"),
+            (f::SPEND_180D, "spend_180d"),
+            (f::SPEND_365D, "spend_365d"),
+            (f::SPEND_TOTAL, "spend_total"),
+            (f::AVG_BASKET, "avg_basket"),
+            (f::BASKET_TREND, "basket_trend"),
+            (f::MEAN_GAP_DAYS, "mean_gap_days"),
+            (f::GAP_CV, "gap_cv"),
+            (f::OVERDUE_RATIO, "overdue_ratio"),
+            (f::OVERDUE_Z, "overdue_z"),
+            (f::SPEND_TREND, "spend_trend"),
+            (f::VISIT_TREND, "visit_trend"),
+            (f::SEASONALITY_PURCHASES, "seasonality_purchases"),
+            (f::POINTS_EARNED_365D, "points_earned_365d"),
+            (f::POINTS_REDEEMED_365D, "points_redeemed_365d"),
+            (f::REDEMPTION_RATIO, "redemption_ratio"),
+            (f::DISTINCT_CHANNELS, "distinct_channels"),
+            (f::RECENT_GAPS, "recent_gaps"),
+            (f::RECENT_GAP_LOG_MEAN, "recent_gap_log_mean"),
+            (f::RECENT_GAP_LOG_SD, "recent_gap_log_sd"),
+            (f::VISITS_90D, "visits_90d"),
+            (f::VISITS_PRIOR_275D, "visits_prior_275d"),
+            (f::RECENCY_LOG_Z, "recency_log_z"),
+        ];
+        assert_eq!(pairs.len(), FEATURE_NAMES.len());
+        for (i, name) in pairs {
+            assert_eq!(FEATURE_NAMES[i], name);
+        }
     }
 }

@@ -7,10 +7,14 @@ use super::*;
 
 const D: i64 = DAY;
 
-/// Features computed from the whole history at once, the slow and obvious way.
+// Long: the reference implementation, one definition per feature, kept apart from the code
+// it checks.
+/// Features computed from the whole history at once, the slow and obvious way. Returns
+/// (negative amounts) count in spend and points only.
 fn naive(txs: &[Transaction], as_of: i64) -> FeatureVector {
-    let mut txs: Vec<Transaction> = txs.iter().filter(|t| t.ts < as_of).copied().collect();
-    txs.sort_by_key(|t| t.ts);
+    let mut all: Vec<Transaction> = txs.iter().filter(|t| t.ts < as_of).copied().collect();
+    all.sort_by_key(|t| t.ts);
+    let txs: Vec<Transaction> = all.iter().filter(|t| t.amount >= 0.0).copied().collect();
     let day = |ts: i64| ts.div_euclid(D);
     let r = (as_of - 1).div_euclid(D);
     let n = txs.len() as f64;
@@ -27,15 +31,15 @@ fn naive(txs: &[Transaction], as_of: i64) -> FeatureVector {
     };
     let count = |lo, hi| txs.iter().filter(|t| in_ages(t, lo, hi)).count() as f64;
     let spend = |lo, hi| {
-        txs.iter()
+        all.iter()
             .filter(|t| in_ages(t, lo, hi))
             .map(|t| t.amount)
             .sum::<f64>()
     };
     let visits =
         |lo: i64, hi: i64| days.iter().filter(|&&d| r - d >= lo && r - d < hi).count() as f64;
-    let lr = |a: f64, b: f64| ((a + 1.0) / (b + 1.0)).ln();
-    let total: f64 = txs.iter().map(|t| t.amount).sum();
+    let lr = |a: f64, b: f64| ((a.max(0.0) + 1.0) / (b.max(0.0) + 1.0)).ln();
+    let total: f64 = all.iter().map(|t| t.amount).sum();
     let (mean_gap, std_gap) = match gaps.len() {
         0 => (tenure.max(1.0), tenure.max(1.0)),
         1 => (gaps[0], gaps[0]),
@@ -45,16 +49,17 @@ fn naive(txs: &[Transaction], as_of: i64) -> FeatureVector {
             (m, v.sqrt())
         }
     };
+    let (n_recent, log_mean, log_sd) = recent_log_gaps(&gaps);
     let (c90, cprev) = (count(0, 90), count(90, 365));
     let basket_trend = if c90 > 0.0 && cprev > 0.0 {
         lr(spend(0, 90) / c90, spend(90, 365) / cprev)
     } else {
         0.0
     };
-    let pe: f64 = txs.iter().map(|t| t.points_earned).sum();
-    let pr: f64 = txs.iter().map(|t| t.points_redeemed).sum();
+    let pe: f64 = all.iter().map(|t| t.points_earned).sum();
+    let pr: f64 = all.iter().map(|t| t.points_redeemed).sum();
     let pts = |f: fn(&Transaction) -> f64| {
-        txs.iter()
+        all.iter()
             .filter(|t| in_ages(t, 0, 365))
             .map(f)
             .sum::<f64>()
@@ -86,7 +91,32 @@ fn naive(txs: &[Transaction], as_of: i64) -> FeatureVector {
         pts(|t| t.points_redeemed),
         (pr / pe.max(1.0)).min(100.0),
         channels.len().max(1) as f64,
+        n_recent as f64,
+        log_mean,
+        log_sd,
+        visits(0, 90),
+        visits(90, 365),
+        if n_recent == 0 {
+            0.0
+        } else {
+            ((recency.max(1.0).ln() - log_mean) / log_sd.max(0.25)).clamp(-10.0, 10.0)
+        },
     ]
+}
+
+/// The rhythm features' view: the latest eight gaps on the log scale (count, mean, sample
+/// standard deviation; 0 where undefined).
+fn recent_log_gaps(gaps: &[f64]) -> (usize, f64, f64) {
+    let recent: Vec<f64> = gaps.iter().rev().take(8).map(|g| g.ln()).collect();
+    if recent.is_empty() {
+        return (0, 0.0, 0.0);
+    }
+    let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+    if recent.len() < 2 {
+        return (1, mean, 0.0);
+    }
+    let ss: f64 = recent.iter().map(|l| (l - mean) * (l - mean)).sum();
+    (recent.len(), mean, (ss / (recent.len() - 1) as f64).sqrt())
 }
 
 fn assert_close(a: &FeatureVector, b: &FeatureVector) {
@@ -117,7 +147,7 @@ fn history() -> impl Strategy<Value = (Vec<Transaction>, i64)> {
     ];
     let tx = (
         gap,
-        prop_oneof![1 => Just(0.0f64), 5 => 0.0f64..500.0],
+        prop_oneof![1 => Just(0.0f64), 5 => 0.0f64..500.0, 1 => -300.0f64..-0.01],
         prop_oneof![1 => Just(0.0f64), 1 => 0.0f64..100.0],
         prop_oneof![2 => Just(0.0f64), 1 => 0.0f64..100.0],
         0u32..4,
@@ -130,8 +160,12 @@ fn history() -> impl Strategy<Value = (Vec<Transaction>, i64)> {
         .prop_map(|(steps, start, after)| {
             let mut ts = start;
             let mut out = Vec::with_capacity(steps.len());
-            for (g, amount, pe, pr, ch) in steps {
+            for (i, (g, mut amount, pe, pr, ch)) in steps.into_iter().enumerate() {
                 ts += g;
+                if i == 0 {
+                    // A customer's first transaction is a purchase: there is something to score.
+                    amount = amount.abs();
+                }
                 out.push(Transaction {
                     ts,
                     amount,
@@ -244,7 +278,7 @@ fn refuses_bad_input() {
         Err(FeatureError::BadAmount(_))
     ));
     assert!(matches!(
-        s.update(&Transaction::new(D, -1.0)),
+        s.update(&Transaction::new(D, -2e9)),
         Err(FeatureError::BadAmount(_))
     ));
     assert!(matches!(
@@ -268,4 +302,28 @@ fn channel_ids_are_stable_and_case_blind() {
     assert_ne!(channel_id("web"), channel_id("app"));
     assert_eq!(channel_id(""), 0);
     assert_ne!(channel_id("store"), 0);
+}
+
+/// A return lowers net spend; it is neither a purchase nor a visit, so it moves neither the
+/// recency nor the rhythm, and a customer with only returns has nothing to score.
+#[test]
+fn a_return_is_net_spend_not_a_visit() {
+    let idx = |n: &str| FEATURE_NAMES.iter().position(|x| *x == n).unwrap();
+    let buy = Transaction::new(10_000 * D, 80.0);
+    let back = Transaction::new(10_000 * D + 5 * D, -30.0);
+    let s = CustomerSummary::from_transactions(&[buy, back]).unwrap();
+    let f = s.features(10_000 * D + 10 * D).unwrap();
+    assert_eq!(f[idx("spend_total")], 50.0);
+    assert_eq!(f[idx("spend_90d")], 50.0);
+    assert_eq!(f[idx("purchases_total")], 1.0);
+    assert_eq!(f[idx("visits_total")], 1.0);
+    assert_eq!(f[idx("recency_days")], 10.0);
+    assert_eq!(s.recent_gaps().len(), 0);
+    assert_eq!(s.returns(), 1);
+    let only = CustomerSummary::from_transactions(&[back]).unwrap();
+    assert_eq!(only.features(20_000 * D), Err(FeatureError::NoPurchases));
+    // Returning more than was bought in a window keeps every trend finite.
+    let big = Transaction::new(10_000 * D + 6 * D, -500.0);
+    let s = CustomerSummary::from_transactions(&[buy, back, big]).unwrap();
+    assert_finite(&s.features(10_000 * D + 10 * D).unwrap());
 }

@@ -2,15 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ModelError, SegmentThresholds};
-use crate::features::FeatureSchema;
+use super::{Calibration, ModelError, SegmentRules};
+use crate::features::{FeatureSchema, RhythmPrior};
 use crate::forest::FlatForest;
 
 /// File name of the bundle inside a version.
 pub const BUNDLE_FILE: &str = "model.bin";
 
 const MAGIC: &[u8; 4] = b"LYSC";
-const FORMAT: u32 = 1;
+/// Format 2 added the calibration, the population's rhythm and the segment rules.
+const FORMAT: u32 = 2;
 
 /// Everything the scorer needs from one version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,11 +19,15 @@ pub struct ModelBundle {
     pub schema: FeatureSchema,
     /// Horizon of the churn label and the CLV target, in days.
     pub horizon_days: u32,
-    /// Probability of no purchase within the horizon.
+    /// Probability of no purchase within the horizon, before calibration.
     pub churn: FlatForest,
-    /// Expected spend within the horizon.
+    /// Expected net spend within the horizon.
     pub clv: FlatForest,
-    pub segments: SegmentThresholds,
+    /// Raw churn probability to calibrated.
+    pub calibration: Calibration,
+    /// The population's rhythm: what customers with few gaps are shrunk toward, and the season.
+    pub rhythm: RhythmPrior,
+    pub segments: SegmentRules,
 }
 
 impl ModelBundle {
@@ -66,6 +71,22 @@ impl ModelBundle {
     }
 
     fn check(&self) -> Result<(), ModelError> {
+        self.calibration
+            .validate()
+            .map_err(|e| ModelError::Inconsistent(format!("calibration: {e}")))?;
+        self.segments
+            .validate()
+            .map_err(|e| ModelError::Inconsistent(format!("segment rules: {e}")))?;
+        let r = &self.rhythm;
+        let finite = [r.log_gap_mean, r.log_gap_sd, r.prior_gaps]
+            .iter()
+            .chain(&r.season)
+            .all(|v| v.is_finite());
+        if !finite || r.log_gap_sd <= 0.0 || r.prior_gaps <= 0.0 {
+            return Err(ModelError::Inconsistent(
+                "rhythm prior: values must be finite, spread and weight positive".into(),
+            ));
+        }
         for (name, f) in [("churn", &self.churn), ("clv", &self.clv)] {
             f.validate()
                 .map_err(|e| ModelError::Inconsistent(format!("{name} forest: {e}")))?;

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ModelError, SegmentThresholds};
-use crate::features::FeatureSchema;
+use super::{ModelError, SegmentRules};
+use crate::features::{FeatureSchema, RhythmPrior};
 use crate::forest::ForestParams;
 
 /// File name of the manifest inside a version.
@@ -32,8 +32,43 @@ pub struct Manifest {
     pub beats_baselines: bool,
     /// Published with `--force` although it did not beat its baselines.
     pub forced: bool,
-    pub segments: SegmentThresholds,
+    /// The segment rules' thresholds (also in the bundle).
+    #[serde(default)]
+    pub segments: SegmentRules,
+    /// Each segment on the validation rows: size, predicted and realised churn, spend.
+    #[serde(default)]
+    pub segment_table: Vec<SegmentRow>,
+    /// The population's rhythm the version learnt (also in the bundle).
+    #[serde(default)]
+    pub rhythm: RhythmPrior,
     pub files: Vec<FileEntry>,
+}
+
+/// One segment on the validation rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRow {
+    pub segment: String,
+    pub rows: u64,
+    pub share: f64,
+    /// Mean calibrated churn probability given.
+    pub mean_churn: f64,
+    /// Share of them with no purchase within the horizon.
+    pub realised_churn: f64,
+    /// Mean net spend within the horizon.
+    pub mean_spend: f64,
+}
+
+/// The validation figures of one validation snapshot (one per calendar quarter where the
+/// data allows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarterMetrics {
+    pub as_of: String,
+    pub rows: u64,
+    pub churn_rate: f64,
+    pub roc_auc: f64,
+    pub brier: f64,
+    pub ece: f64,
+    pub clv_spearman: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,8 +95,11 @@ pub struct DataLineage {
 pub struct SplitInfo {
     /// `out_of_time` or `customer_hash_holdout`.
     pub method: String,
-    /// The validation snapshot: features before it, labels in [it, it + horizon).
+    /// The latest validation snapshot: features before it, labels in [it, it + horizon).
     pub validation_as_of: String,
+    /// Every validation snapshot (one per calendar quarter where the data allows).
+    #[serde(default)]
+    pub validation_snapshots: Vec<String>,
     pub horizon_days: u32,
     pub lookback_days: u32,
     pub train_snapshots: Vec<String>,
@@ -75,6 +113,12 @@ pub struct SplitInfo {
 pub struct Hyperparameters {
     pub churn: ForestParams,
     pub clv: ForestParams,
+    /// How raw churn probabilities are calibrated: isotonic, platt or none.
+    #[serde(default)]
+    pub calibration: String,
+    /// Days between training snapshots.
+    #[serde(default)]
+    pub snapshot_stride_days: u32,
     /// How `max_depth` and `min_samples_leaf` were chosen: `grid` or `flags`.
     pub selected_by: String,
     /// Every grid point tried, with its score on the inner validation split.
@@ -92,12 +136,19 @@ pub struct GridPoint {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// The calibrated churn probabilities.
     pub churn: ChurnMetrics,
+    /// The forest's raw probabilities, before calibration.
+    #[serde(default)]
+    pub churn_uncalibrated: Option<ChurnMetrics>,
     /// "No purchase for 90 days", calibrated on the training rows.
     pub churn_baseline: ChurnMetrics,
     pub clv: ClvMetrics,
     /// "Spend over the last horizon repeats".
     pub clv_baseline: ClvMetrics,
+    /// The same figures per validation snapshot (calendar quarter).
+    #[serde(default)]
+    pub by_quarter: Vec<QuarterMetrics>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +160,9 @@ pub struct ChurnMetrics {
     pub brier: f64,
     pub log_loss: f64,
     pub top_decile_lift: f64,
+    /// Expected calibration error over ten probability bins.
+    #[serde(default)]
+    pub ece: f64,
     pub calibration: Vec<CalibrationBin>,
 }
 

@@ -1,17 +1,21 @@
-//! What one model version is: the [`ModelBundle`] (both flat forests, the feature schema, the
-//! segment thresholds) and its [`Manifest`] (metrics, lineage, hyper-parameters, checksums).
+//! What one model version is: the [`ModelBundle`] (both flat forests, the churn calibration,
+//! the feature schema, the population's rhythm, the segment rules) and its [`Manifest`]
+//! (metrics, lineage, hyper-parameters, checksums).
 //! Encoding, decoding and checksums live here; storage and transport do not.
 
 mod bundle;
+mod calibration;
 mod manifest;
 mod segment;
 
 pub use bundle::{ModelBundle, BUNDLE_FILE};
+pub use calibration::{expected_calibration_error, Calibration};
 pub use manifest::{
     sha256_hex, CalibrationBin, ChurnMetrics, ClvMetrics, DataLineage, FileEntry, GridPoint,
-    Hyperparameters, Manifest, Metrics, SplitInfo, TrainerInfo, MANIFEST_FILE,
+    Hyperparameters, Manifest, Metrics, QuarterMetrics, SegmentRow, SplitInfo, TrainerInfo,
+    MANIFEST_FILE,
 };
-pub use segment::{Segment, SegmentThresholds};
+pub use segment::{Segment, SegmentInputs, SegmentRules};
 
 /// Why a bundle or manifest could not be read or trusted.
 #[derive(Debug, thiserror::Error)]

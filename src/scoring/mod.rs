@@ -5,11 +5,10 @@
 mod reasons;
 
 use crate::features::{
-    CustomerSummary, FeatureError, FeatureSchema, FeatureVector, Transaction, N_FEATURES,
+    CustomerSummary, FeatureError, FeatureSchema, FeatureVector, Rhythm, RhythmModel, Transaction,
+    N_FEATURES,
 };
-use crate::model::{Manifest, ModelBundle, Segment};
-
-pub use reasons::reason_text;
+use crate::model::{Manifest, ModelBundle, Segment, SegmentInputs, SegmentRules};
 
 /// What a scoring call may not exceed.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +70,8 @@ pub struct Model {
     pub version: String,
     pub manifest: Manifest,
     pub bundle: ModelBundle,
-    spend_trend: usize,
+    /// The version's rhythm prior with its season tabulated.
+    rhythm: RhythmModel,
 }
 
 impl Model {
@@ -87,33 +87,119 @@ impl Model {
                 want_len: current.len(),
             });
         }
-        let spend_trend = current.index_of("spend_trend").unwrap_or(0);
         Ok(Model {
             version: manifest.version.clone(),
+            rhythm: RhythmModel::new(bundle.rhythm.clone()),
             manifest,
             bundle,
-            spend_trend,
         })
     }
 
     pub fn schema(&self) -> &FeatureSchema {
         &self.bundle.schema
     }
+
+    pub fn rhythm(&self) -> &RhythmModel {
+        &self.rhythm
+    }
+}
+
+/// The language reasons are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locale {
+    #[default]
+    En,
+    De,
+}
+
+impl Locale {
+    /// `en` or `de`, with or without a region (`de-AT`); empty means English.
+    pub fn parse(s: &str) -> Result<Self, ScoringError> {
+        let lang = s
+            .split(['-', '_'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match lang.as_str() {
+            "" | "en" => Ok(Locale::En),
+            "de" => Ok(Locale::De),
+            _ => Err(ScoringError::invalid(
+                "locale",
+                format!("{s:?} is not a language we write reasons in; use en or de"),
+            )),
+        }
+    }
+}
+
+/// What a scoring call asks for beyond the scores.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Explain {
+    /// Reasons for churn, CLV and the segment.
+    pub reasons: bool,
+    pub locale: Locale,
+}
+
+/// When a customer is due, and when to contact them (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub typical_gap_days: f64,
+    pub expected_next_purchase: i64,
+    pub days_overdue: f64,
+    pub overdue_percentile: f64,
+    /// Not before their silence is unusual for them ...
+    pub contact_from: i64,
+    /// ... and not after it is rare even for them, or, once the churn probability says they
+    /// are probably gone, not after now.
+    pub contact_by: i64,
+}
+
+impl Timing {
+    /// The CSV columns of the timing fields, shared by every export.
+    pub const COLUMNS: [&'static str; 6] = [
+        "typical_gap_days",
+        "expected_next_purchase",
+        "days_overdue",
+        "overdue_percentile",
+        "contact_from",
+        "contact_by",
+    ];
+
+    /// The timing fields as CSV cells, in [`Timing::COLUMNS`] order; dates as `YYYY-MM-DD`.
+    pub fn cells(&self) -> [String; 6] {
+        use crate::time::fmt_day;
+        [
+            format!("{:.1}", self.typical_gap_days),
+            fmt_day(self.expected_next_purchase),
+            format!("{:.1}", self.days_overdue),
+            format!("{:.3}", self.overdue_percentile),
+            fmt_day(self.contact_from),
+            fmt_day(self.contact_by),
+        ]
+    }
 }
 
 /// A scored customer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
+    /// Calibrated probability of no purchase within the horizon.
     pub churn: f64,
     pub clv: f64,
     pub segment: Segment,
+    pub timing: Timing,
+    /// What moved the churn probability most (in calibrated points), when asked.
     pub reasons: Vec<Reason>,
+    /// What moved the CLV most (in money), when asked.
+    pub clv_reasons: Vec<Reason>,
+    /// Which rule placed the customer in the segment, when asked.
+    pub segment_reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reason {
     pub feature: &'static str,
-    pub churn_contribution: f64,
+    /// The change this feature's splits caused: calibrated churn points (a probability) for a
+    /// churn reason, money for a CLV reason.
+    pub contribution: f64,
     pub text: String,
 }
 
@@ -304,23 +390,72 @@ pub fn features_from_history(
         .map_err(|e| ScoringError::invalid(FIELD, e.to_string()))
 }
 
-/// Scores a feature vector with both forests; reasons only when asked (they cost a second
-/// walk of the churn forest).
-pub fn score(model: &Model, f: &FeatureVector, explain: bool) -> Scored {
+/// Scores a feature vector at `as_of` with both forests, calibrates the churn probability,
+/// judges the customer against their own rhythm and picks the segment; reasons only when
+/// asked (they cost a second walk of each forest).
+pub fn score(model: &Model, f: &FeatureVector, as_of: i64, explain: Explain) -> Scored {
     let b = &model.bundle;
-    let churn = b.churn.predict_row(f);
+    let raw = b.churn.predict_row(f);
+    let churn = b.calibration.apply(raw);
     let clv = b.clv.predict_row(f).max(0.0);
-    let segment = b.segments.segment(churn, clv, f[model.spend_trend]);
-    let reasons = if explain {
-        reasons::top_reasons(model, f, 3)
-    } else {
-        Vec::new()
-    };
-    Scored {
+    let rhythm = Rhythm::from_features(f, as_of, &model.rhythm);
+    let inputs = segment_inputs(f, &rhythm, churn);
+    let segment = b.segments.segment(&inputs);
+    let timing = timing(&rhythm, &b.segments, churn, as_of);
+    let mut scored = Scored {
         churn,
         clv,
         segment,
-        reasons,
+        timing,
+        reasons: Vec::new(),
+        clv_reasons: Vec::new(),
+        segment_reason: String::new(),
+    };
+    if explain.reasons {
+        let why = reasons::Context {
+            f,
+            rhythm: &rhythm,
+            inputs: &inputs,
+            locale: explain.locale,
+        };
+        scored.reasons = reasons::churn_reasons(model, &why, raw, 3);
+        scored.clv_reasons = reasons::clv_reasons(model, &why, 3);
+        scored.segment_reason = reasons::segment_reason(segment, &why);
+    }
+    scored
+}
+
+/// What the segment rules look at, from a feature vector, its rhythm and the calibrated
+/// churn probability (the trainer's segment table asks this too).
+pub fn segment_inputs(f: &FeatureVector, rhythm: &Rhythm, churn: f64) -> SegmentInputs {
+    use crate::features::f as ix;
+    SegmentInputs {
+        churn,
+        spend_365d: f[ix::SPEND_365D],
+        visits: f[ix::VISITS_TOTAL],
+        tenure_days: f[ix::TENURE_DAYS],
+        overdue_percentile: rhythm.overdue_percentile,
+        visit_trend: rhythm.visit_trend(),
+        spend_trend: rhythm.spend_trend(),
+    }
+}
+
+/// The contact window: it opens when the silence passes `overdue_unusual` of the customer's
+/// own gaps and closes when it passes `overdue_late`; once the calibrated churn probability
+/// is at or above `churn_gone`, it closes now (or when it opens, if that is later).
+fn timing(r: &Rhythm, rules: &SegmentRules, churn: f64, as_of: i64) -> Timing {
+    let contact_from = r.silence_quantile_at(rules.overdue_unusual);
+    let mut contact_by = r.silence_quantile_at(rules.overdue_late).max(contact_from);
+    if churn >= rules.churn_gone {
+        contact_by = contact_by.min(contact_from.max(as_of));
+    }
+    Timing {
+        typical_gap_days: r.typical_gap_days,
+        expected_next_purchase: r.expected_next_purchase(),
+        days_overdue: r.days_overdue,
+        overdue_percentile: r.overdue_percentile,
+        contact_from,
+        contact_by,
     }
 }
 

@@ -2,11 +2,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::features::{DAY, FEATURE_NAMES};
+use crate::features::{f as ix, RhythmPrior, DAY, FEATURE_NAMES};
 use crate::forest::{fit_forest, ForestParams, Matrix, TrainingMatrix};
 use crate::model::{
-    ChurnMetrics, ClvMetrics, DataLineage, Hyperparameters, Metrics, SegmentThresholds, SplitInfo,
-    TrainerInfo,
+    Calibration, ChurnMetrics, ClvMetrics, DataLineage, Hyperparameters, Metrics, SegmentRules,
+    SplitInfo, TrainerInfo,
 };
 
 fn churn_metrics() -> ChurnMetrics {
@@ -18,6 +18,7 @@ fn churn_metrics() -> ChurnMetrics {
         brier: 0.0,
         log_loss: 0.0,
         top_decile_lift: 1.0,
+        ece: 0.0,
         calibration: vec![],
     }
 }
@@ -55,28 +56,26 @@ pub(crate) fn tiny_model() -> Model {
     };
     let churn = fit_forest(&tm, &yc, &p, 1, &|_| {}).unwrap();
     let clv = fit_forest(&tm, &yv, &p, 1, &|_| {}).unwrap();
-    let segments = SegmentThresholds {
-        churn_high: 0.7,
-        churn_dormant: 0.9,
-        churn_low: 0.3,
-        clv_high: 300.0,
-        clv_median: 200.0,
-        spend_trend_rising: 0.3,
+    let segments = SegmentRules {
+        value_high: 300.0,
+        ..SegmentRules::default()
     };
     let bundle = ModelBundle {
         schema: FeatureSchema::current(),
         horizon_days: 180,
         churn,
         clv,
+        calibration: Calibration::None,
+        rhythm: RhythmPrior::default(),
         segments: segments.clone(),
     };
     Model::new(test_manifest(p, segments), bundle).unwrap()
 }
 
 /// A manifest with nothing measured, for a model made in a test.
-fn test_manifest(p: ForestParams, segments: SegmentThresholds) -> Manifest {
+fn test_manifest(p: ForestParams, segments: SegmentRules) -> Manifest {
     Manifest {
-        format: 1,
+        format: 2,
         version: "vtest".into(),
         created_at: String::new(),
         trainer: TrainerInfo {
@@ -97,6 +96,7 @@ fn test_manifest(p: ForestParams, segments: SegmentThresholds) -> Manifest {
         split: SplitInfo {
             method: String::new(),
             validation_as_of: String::new(),
+            validation_snapshots: vec![],
             horizon_days: 180,
             lookback_days: 365,
             train_snapshots: vec![],
@@ -108,12 +108,16 @@ fn test_manifest(p: ForestParams, segments: SegmentThresholds) -> Manifest {
         hyperparameters: Hyperparameters {
             churn: p.clone(),
             clv: p,
+            calibration: "none".into(),
+            snapshot_stride_days: 30,
             selected_by: "flags".into(),
             grid: vec![],
         },
         feature_schema: FeatureSchema::current(),
         metrics: Metrics {
             churn: churn_metrics(),
+            churn_uncalibrated: None,
+            by_quarter: vec![],
             churn_baseline: churn_metrics(),
             clv: clv_metrics(),
             clv_baseline: clv_metrics(),
@@ -121,6 +125,8 @@ fn test_manifest(p: ForestParams, segments: SegmentThresholds) -> Manifest {
         beats_baselines: true,
         forced: false,
         segments,
+        segment_table: vec![],
+        rhythm: RhythmPrior::default(),
         files: vec![],
     }
 }
@@ -207,9 +213,15 @@ fn history_errors_name_the_transaction() {
         .to_string()
         .contains("more than the limit of 3"));
     assert_eq!(
-        field_of(features_from_history(&[t(1, 5.0), t(2, -1.0)], as_of, &limits).unwrap_err()),
+        field_of(features_from_history(&[t(1, 5.0), t(2, -2e9)], as_of, &limits).unwrap_err()),
         "history.transactions[1].amount"
     );
+    // A return is history, not an error; returns alone are nothing to score.
+    assert!(features_from_history(&[t(1, 5.0), t(2, -1.0)], as_of, &limits).is_ok());
+    assert!(features_from_history(&[t(2, -1.0)], as_of, &limits)
+        .unwrap_err()
+        .to_string()
+        .contains("no purchase"));
     assert_eq!(
         field_of(features_from_history(&[t(1, f64::NAN)], as_of, &limits).unwrap_err()),
         "history.transactions[0].amount"
@@ -225,12 +237,28 @@ fn history_errors_name_the_transaction() {
     );
 }
 
+/// A regular customer in feature form: 180 days since the last purchase, gaps of about 50.
+fn regular_customer() -> FeatureVector {
+    let mut f = [50.0; N_FEATURES];
+    f[ix::RECENCY_DAYS] = 180.0;
+    f[ix::TENURE_DAYS] = 900.0;
+    f[ix::RECENT_GAPS] = 8.0;
+    f[ix::RECENT_GAP_LOG_MEAN] = 50f64.ln();
+    f[ix::RECENT_GAP_LOG_SD] = 0.3;
+    f
+}
+
+const AS_OF: i64 = 20_000 * DAY;
+
 #[test]
 fn score_uses_both_forests_and_explains() {
     let m = tiny_model();
-    let mut f = [50.0; N_FEATURES];
-    f[0] = 180.0;
-    let s = score(&m, &f, true);
+    let f = regular_customer();
+    let explain = Explain {
+        reasons: true,
+        locale: Locale::En,
+    };
+    let s = score(&m, &f, AS_OF, explain);
     assert_eq!(s.churn, m.bundle.churn.predict_row(&f));
     assert_eq!(s.clv, m.bundle.clv.predict_row(&f).max(0.0));
     assert_eq!(s.reasons.len(), 3);
@@ -238,11 +266,13 @@ fn score_uses_both_forests_and_explains() {
         s.reasons[0].feature, "recency_days",
         "recency drives churn in this model"
     );
-    assert!(s.reasons[0].churn_contribution > 0.0);
+    assert!(s.reasons[0].contribution > 0.0);
+    let gap = s.timing.typical_gap_days;
+    assert!((40.0..50.0).contains(&gap), "{gap}");
     assert!(
-        s.reasons[0]
-            .text
-            .contains("180 days since the last purchase; usually every 50"),
+        s.reasons[0].text.contains(&format!(
+            "180 days since the last purchase; usually every {gap:.0}"
+        )),
         "{}",
         s.reasons[0].text
     );
@@ -250,7 +280,54 @@ fn score_uses_both_forests_and_explains() {
     let texts: std::collections::HashSet<&str> =
         s.reasons.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(texts.len(), 3, "three different reasons: {:?}", s.reasons);
-    assert!(score(&m, &f, false).reasons.is_empty());
+    assert_eq!(s.clv_reasons.len(), 3);
+    assert!(
+        s.clv_reasons[0].text.contains("expected spend by"),
+        "{:?}",
+        s.clv_reasons
+    );
+    assert!(!s.segment_reason.is_empty());
+    let plain = score(&m, &f, AS_OF, Explain::default());
+    assert!(plain.reasons.is_empty() && plain.clv_reasons.is_empty());
+    assert!(plain.segment_reason.is_empty());
+    assert_eq!(
+        (plain.churn, plain.segment, plain.timing),
+        (s.churn, s.segment, s.timing)
+    );
+}
+
+/// 180 days of silence against gaps of about 50: far beyond their usual gaps, so the
+/// contact window has passed; the timing is consistent with itself.
+#[test]
+fn timing_follows_the_customers_rhythm() {
+    let m = tiny_model();
+    let t = score(&m, &regular_customer(), AS_OF, Explain::default()).timing;
+    let last = AS_OF - 180 * DAY;
+    assert!(t.overdue_percentile > 0.99, "{t:?}");
+    assert!((t.days_overdue - (180.0 - t.typical_gap_days)).abs() < 1e-9);
+    assert_eq!(
+        t.expected_next_purchase,
+        last + (t.typical_gap_days * DAY as f64) as i64
+    );
+    assert!(last < t.contact_from && t.contact_from <= t.contact_by && t.contact_by < AS_OF);
+}
+
+#[test]
+fn reasons_speak_german_when_asked() {
+    let m = tiny_model();
+    let de = Explain {
+        reasons: true,
+        locale: Locale::parse("de-AT").unwrap(),
+    };
+    let s = score(&m, &regular_customer(), AS_OF, de);
+    assert!(
+        s.reasons[0].text.contains("Tage seit dem letzten Einkauf"),
+        "{}",
+        s.reasons[0].text
+    );
+    assert!(s.reasons[0].text.contains("Abwanderungsrisiko"));
+    assert!(s.clv_reasons[0].text.contains("erwarteten Umsatz"));
+    assert!(Locale::parse("fr").is_err());
 }
 
 #[test]

@@ -100,14 +100,21 @@ pub fn transactions(h: &pb::History, limits: &Limits) -> Result<Vec<Transaction>
         .collect()
 }
 
-pub fn reasons(r: Vec<Reason>) -> Vec<pb::Reason> {
+/// Churn reasons carry their contribution as `churn_contribution`, CLV reasons as
+/// `clv_contribution`.
+fn reasons(r: Vec<Reason>, clv: bool) -> Vec<pb::Reason> {
     r.into_iter()
         .map(|r| pb::Reason {
             feature: r.feature.to_string(),
-            churn_contribution: r.churn_contribution,
+            churn_contribution: if clv { 0.0 } else { r.contribution },
+            clv_contribution: if clv { r.contribution } else { 0.0 },
             text: r.text,
         })
         .collect()
+}
+
+fn timestamp_of(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
 }
 
 pub fn response(
@@ -116,18 +123,24 @@ pub fn response(
     version: &str,
     horizon_days: u32,
 ) -> pb::ScoreResponse {
+    let t = s.timing;
     pb::ScoreResponse {
         customer_id,
         churn_probability: s.churn,
         clv: s.clv,
         horizon_days,
         segment: s.segment.as_str().to_string(),
-        reasons: reasons(s.reasons),
+        reasons: reasons(s.reasons, false),
         model_version: version.to_string(),
-        experiment: String::new(),
-        arm: String::new(),
-        features: None,
-        holdout: false,
+        typical_gap_days: t.typical_gap_days,
+        expected_next_purchase: timestamp_of(t.expected_next_purchase),
+        days_overdue: t.days_overdue,
+        overdue_percentile: t.overdue_percentile,
+        contact_from: timestamp_of(t.contact_from),
+        contact_by: timestamp_of(t.contact_by),
+        segment_reason: s.segment_reason,
+        clv_reasons: reasons(s.clv_reasons, true),
+        ..Default::default()
     }
 }
 

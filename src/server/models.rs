@@ -143,7 +143,11 @@ impl Models {
     async fn load(&self, version: &str) -> Result<Arc<Model>, LoadError> {
         let (manifest, bundle) = self.registry.load(version).await?;
         let model = Model::new(manifest, bundle)?;
-        let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], true);
+        let warm = crate::scoring::Explain {
+            reasons: true,
+            ..Default::default()
+        };
+        let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], 0, warm);
         Ok(Arc::new(model))
     }
 

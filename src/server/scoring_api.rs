@@ -15,7 +15,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_server::Scoring;
 use crate::registry::HOLDOUT_ARM;
 use crate::routing::{Route, Routing};
-use crate::scoring::{self, Limits, Model, NamePlan, ScoringError};
+use crate::scoring::{self, Explain, Limits, Locale, Model, NamePlan, ScoringError};
 use crate::time::fmt_ts;
 
 pub struct ScoringService {
@@ -128,17 +128,18 @@ impl ScoringService {
         start: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ScoringError> {
         check_customer_id(&item.customer_id)?;
+        let locale = Locale::parse(&item.locale)?;
         let who = self.answerer(&item, snap).await?;
         let (f, as_of) = self.features(&item, who.model(), batch_names, now)?;
         let (routing, arm, resp) = match who {
-            Answerer::Plain(model) => return Ok(self.scored(&model, item, &f)),
+            Answerer::Plain(model) => return Ok(self.scored(&model, item, &f, as_of, locale)),
             Answerer::Arm {
                 routing,
                 arm,
                 model,
             } => {
-                let resp = self.scored(model, item, &f);
-                self.measure_arm(routing, arm, model, &resp, f);
+                let resp = self.scored(model, item, &f, as_of, locale);
+                self.measure_arm(routing, arm, model, &resp, f, as_of);
                 (routing, arm, resp)
             }
             Answerer::Holdout { routing, model } => {
@@ -195,6 +196,7 @@ impl ScoringService {
         model: &Model,
         r: &pb::ScoreResponse,
         features: FeatureVector,
+        as_of: i64,
     ) {
         let labels = [routing.experiment.as_str(), arm, model.version.as_str()];
         self.metrics
@@ -212,6 +214,7 @@ impl ScoringService {
                 churn: r.churn_probability,
                 clv: r.clv,
                 features,
+                as_of,
             });
         }
     }
@@ -264,9 +267,15 @@ impl ScoringService {
         model: &Model,
         item: pb::ScoreRequest,
         f: &FeatureVector,
+        as_of: i64,
+        locale: Locale,
     ) -> pb::ScoreResponse {
         let explain = item.explain;
-        let scored = scoring::score(model, f, explain);
+        let how = Explain {
+            reasons: explain,
+            locale,
+        };
+        let scored = scoring::score(model, f, as_of, how);
         let mut resp = convert::response(
             item.customer_id,
             scored,

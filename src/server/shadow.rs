@@ -18,6 +18,8 @@ pub struct ShadowJob {
     pub churn: f64,
     pub clv: f64,
     pub features: FeatureVector,
+    /// The instant the features describe.
+    pub as_of: i64,
 }
 
 /// The request side: never blocks.
@@ -49,7 +51,7 @@ async fn work(mut rx: mpsc::Receiver<ShadowJob>, metrics: Arc<Metrics>) {
     while let Some(job) = rx.recv().await {
         let exp = job.routing.experiment.as_str();
         for m in &job.routing.shadows {
-            let s = crate::scoring::score(m, &job.features, false);
+            let s = crate::scoring::score(m, &job.features, job.as_of, Default::default());
             let shadow = m.version.as_str();
             metrics
                 .shadow_scores
@@ -114,6 +116,7 @@ mod tests {
                 churn: 0.5,
                 clv: 10.0,
                 features: [1.0; crate::features::N_FEATURES],
+                as_of: 1_700_000_000,
             });
         }
         assert_eq!(metrics.shadow_dropped.with_label_values(&["e"]).get(), 3);

@@ -127,8 +127,10 @@ impl InferenceService {
                 .collect::<Result<_, _>>()?
         };
         let (mut churn, mut clv) = (Vec::with_capacity(n_rows), Vec::with_capacity(n_rows));
+        // Feature tensors describe the customer now.
+        let now = chrono::Utc::now().timestamp();
         for f in &rows {
-            let s = scoring::score(&model, f, false);
+            let s = scoring::score(&model, f, now, Default::default());
             churn.push(s.churn);
             clv.push(s.clv);
         }

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use crate::features::CustomerSummary;
-use crate::scoring::{score, Model};
+use crate::scoring::{score, Model, Timing};
 
 use super::load::TransactionLog;
 
@@ -16,20 +16,28 @@ pub struct BatchCounts {
     pub skipped: u64,
 }
 
-/// Writes `customer_id,churn_probability,clv,segment,version` for every customer with a
-/// purchase before `as_of`, scored on the purchases before it.
+/// Writes `customer_id,churn_probability,clv,segment,version` and the timing columns for every
+/// customer with a purchase before `as_of`, scored on the purchases before it.
 pub fn score_log(
     log: &TransactionLog,
     model: &Model,
     as_of: i64,
     out: &mut impl Write,
 ) -> std::io::Result<BatchCounts> {
-    writeln!(out, "customer_id,churn_probability,clv,segment,version")?;
     let mut counts = BatchCounts {
         scored: 0,
         skipped: 0,
     };
     let mut w = csv::Writer::from_writer(out);
+    let mut header = vec![
+        "customer_id",
+        "churn_probability",
+        "clv",
+        "segment",
+        "version",
+    ];
+    header.extend(Timing::COLUMNS);
+    w.write_record(&header)?;
     for c in 0..log.n_customers() {
         let mut s = CustomerSummary::new();
         for r in log.history(c, as_of) {
@@ -42,14 +50,16 @@ pub fn score_log(
             counts.skipped += 1;
             continue;
         };
-        let sc = score(model, &f, false);
-        w.write_record([
-            log.ids[c].as_str(),
-            &format!("{:.6}", sc.churn),
-            &format!("{:.2}", sc.clv),
-            sc.segment.as_str(),
-            model.version.as_str(),
-        ])?;
+        let sc = score(model, &f, as_of, Default::default());
+        let mut row = vec![
+            log.ids[c].clone(),
+            format!("{:.6}", sc.churn),
+            format!("{:.2}", sc.clv),
+            sc.segment.as_str().to_string(),
+            model.version.clone(),
+        ];
+        row.extend(sc.timing.cells());
+        w.write_record(&row)?;
         counts.scored += 1;
     }
     w.flush()?;

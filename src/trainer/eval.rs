@@ -113,6 +113,7 @@ pub fn churn_metrics(p: &[f64], labels: &[bool]) -> ChurnMetrics {
         brier,
         log_loss,
         top_decile_lift: if rate > 0.0 { top_rate / rate } else { 1.0 },
+        ece: crate::model::expected_calibration_error(p, labels),
         calibration: bins
             .iter()
             .enumerate()

@@ -1,18 +1,24 @@
-//! The training run: split, features, hyper-parameter choice, forests, honest evaluation
-//! against baselines, and the artifact (bundle + manifest) ready to publish.
+//! The training run: split, features, hyper-parameter choice, forests, calibration, honest
+//! evaluation against baselines, segment rules, and the artifact (bundle + manifest) ready
+//! to publish.
 
 use crate::features::{FeatureSchema, DAY};
 use crate::forest::{fit_forest, FlatForest, ForestParams, TrainingMatrix};
 use crate::model::{
-    sha256_hex, DataLineage, FileEntry, GridPoint, Hyperparameters, Manifest, Metrics, ModelBundle,
-    SegmentThresholds, SplitInfo, TrainerInfo, BUNDLE_FILE,
+    sha256_hex, Calibration, DataLineage, FileEntry, Hyperparameters, Manifest, Metrics,
+    ModelBundle, SegmentRules, SplitInfo, TrainerInfo, BUNDLE_FILE,
 };
 
-use super::dataset::{build_rows, in_share, stable_hash, Rows};
-use super::eval::{churn_metrics, clv_metrics, roc_auc, spearman};
+use super::dataset::{
+    build_rows, cap_rows, count_rows, in_share, split_by_customer, stable_hash, Rows,
+};
+use super::evaluate::{evaluate, Evaluated};
+use super::grid::grid_search;
 use super::load::TransactionLog;
+use super::rhythm::{fit_season, prior_from_rows};
+use super::split::{plan_split, Split, SplitOptions};
 use super::{Progress, TrainError};
-use crate::time::{fmt_day, fmt_ts};
+use crate::time::fmt_ts;
 
 /// Overrides for one forest's regularisation; `None` lets the grid choose.
 #[derive(Debug, Clone, Default)]
@@ -22,16 +28,29 @@ pub struct Overrides {
     pub min_samples_leaf: Option<usize>,
 }
 
+/// How raw churn probabilities are calibrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CalibrationMethod {
+    /// Whichever of isotonic, Platt and none has the lowest Brier score in a two-fold
+    /// cross-validation on the calibration rows.
+    #[default]
+    Auto,
+    /// Isotonic regression, linear between its steps.
+    Isotonic,
+    /// A logistic curve on the raw log-odds.
+    Platt,
+    /// Raw forest probabilities.
+    None,
+}
+
+/// Share of the training rows (by customer) held out of the calibration forest, whose
+/// predictions for them the calibration is learnt on.
+const CALIBRATION_SHARE: f64 = 0.2;
+
 #[derive(Debug, Clone)]
 pub struct FitOptions {
-    pub horizon_days: u32,
-    /// The validation snapshot; default: end of data minus the horizon.
-    pub as_of: Option<i64>,
+    pub split: SplitOptions,
     pub lookback_days: u32,
-    /// Most training snapshots stacked for out-of-time validation.
-    pub train_snapshots: usize,
-    /// History a training snapshot needs before it, in days.
-    pub min_history_days: u32,
     /// Share of customers held out when the data cannot span an out-of-time split.
     pub holdout_share: f64,
     pub n_trees: usize,
@@ -41,7 +60,14 @@ pub struct FitOptions {
     pub clv: Overrides,
     pub grid_trees: usize,
     pub grid_max_rows: usize,
+    /// Training (and refit) rows are sampled to about this many while they are built.
     pub max_train_rows: usize,
+    /// Validation rows likewise, by customer (a customer's rows in every quarter, or none).
+    pub max_validation_rows: usize,
+    pub calibration: CalibrationMethod,
+    /// The segment rules; a `value_high` of `None` is learnt (see [`default_value_high`]).
+    pub segments: SegmentRules,
+    pub value_high: Option<f64>,
     pub threads: usize,
     pub force: bool,
 }
@@ -49,11 +75,15 @@ pub struct FitOptions {
 impl Default for FitOptions {
     fn default() -> Self {
         FitOptions {
-            horizon_days: 180,
-            as_of: None,
+            split: SplitOptions {
+                horizon_days: 180,
+                as_of: None,
+                max_snapshots: 12,
+                stride_days: 30,
+                max_quarters: 3,
+                min_history_days: 90,
+            },
             lookback_days: 365,
-            train_snapshots: 3,
-            min_history_days: 90,
             holdout_share: 0.2,
             n_trees: 100,
             mtry: None,
@@ -63,9 +93,19 @@ impl Default for FitOptions {
             grid_trees: 30,
             grid_max_rows: 60_000,
             max_train_rows: 400_000,
+            max_validation_rows: 400_000,
+            calibration: CalibrationMethod::default(),
+            segments: SegmentRules::default(),
+            value_high: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             force: false,
         }
+    }
+}
+
+impl FitOptions {
+    pub fn horizon(&self) -> i64 {
+        i64::from(self.split.horizon_days) * DAY
     }
 }
 
@@ -82,258 +122,6 @@ pub struct Trained {
     pub manifest: Manifest,
     pub bundle: ModelBundle,
     pub bundle_bytes: Vec<u8>,
-}
-
-/// How validation is done.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Split {
-    /// Train on earlier snapshots, validate on a later one, refit shifted by one horizon.
-    OutOfTime {
-        train: Vec<i64>,
-        validation: i64,
-        refit: Vec<i64>,
-    },
-    /// The data is too short: one snapshot, customers split by a hash of their id.
-    Holdout { snapshot: i64 },
-}
-
-impl Split {
-    pub fn method(&self) -> &'static str {
-        match self {
-            Split::OutOfTime { .. } => "out_of_time",
-            Split::Holdout { .. } => "customer_hash_holdout",
-        }
-    }
-
-    pub fn validation(&self) -> i64 {
-        match self {
-            Split::OutOfTime { validation, .. } => *validation,
-            Split::Holdout { snapshot } => *snapshot,
-        }
-    }
-
-    /// The snapshots the evaluated forests were fitted on.
-    pub fn train_snapshots(&self) -> Vec<i64> {
-        match self {
-            Split::OutOfTime { train, .. } => train.clone(),
-            Split::Holdout { snapshot } => vec![*snapshot],
-        }
-    }
-
-    /// The snapshots the published forests are refitted on: the latest labelled ones.
-    pub fn refit_snapshots(&self) -> Vec<i64> {
-        match self {
-            Split::OutOfTime { refit, .. } => refit.clone(),
-            Split::Holdout { snapshot } => vec![*snapshot],
-        }
-    }
-}
-
-/// Chooses the split for data from `first_ts` to `last_ts`.
-pub fn plan_split(first_ts: i64, last_ts: i64, opts: &FitOptions) -> Result<Split, TrainError> {
-    let start = first_ts.div_euclid(DAY) * DAY;
-    let end = (last_ts.div_euclid(DAY) + 1) * DAY;
-    let h = i64::from(opts.horizon_days) * DAY;
-    if opts.horizon_days == 0 {
-        return Err(TrainError::Split(
-            "--horizon-days must be at least 1".into(),
-        ));
-    }
-    let v = opts.as_of.unwrap_or(end - h);
-    if v + h > end {
-        return Err(TrainError::Split(format!(
-            "--as-of {} leaves {} days of data after it, but --horizon-days is {}: labels need the whole horizon (the data ends {})",
-            fmt_ts(v),
-            (end - v).max(0) / DAY,
-            opts.horizon_days,
-            fmt_day(last_ts)
-        )));
-    }
-    if v <= start + DAY {
-        return Err(TrainError::Split(format!(
-            "the validation snapshot {} leaves no history before it (the data starts {}); a horizon of {} days needs more than {} days of data",
-            fmt_ts(v),
-            fmt_day(first_ts),
-            opts.horizon_days,
-            opts.horizon_days
-        )));
-    }
-    let min_history = i64::from(opts.min_history_days) * DAY;
-    let train: Vec<i64> = (1..=opts.train_snapshots as i64)
-        .map(|k| v - k * h)
-        .take_while(|t| t - start >= min_history)
-        .collect();
-    if train.is_empty() {
-        return Ok(Split::Holdout { snapshot: v });
-    }
-    let refit = train.iter().map(|t| t + h).collect();
-    Ok(Split::OutOfTime {
-        train,
-        validation: v,
-        refit,
-    })
-}
-
-fn ascending(mut v: Vec<i64>) -> Vec<i64> {
-    v.sort_unstable();
-    v
-}
-
-/// Keeps about `max` rows, chosen by a hash of customer and snapshot (so reruns agree).
-fn cap_rows(rows: Rows, max: usize, log: &TransactionLog, salt: &str) -> Rows {
-    if rows.len() <= max {
-        return rows;
-    }
-    let share = max as f64 / rows.len() as f64;
-    let keep: Vec<usize> = (0..rows.len())
-        .filter(|&i| {
-            let key = format!("{}#{}", log.ids[rows.cust[i] as usize], rows.snapshot[i]);
-            in_share(stable_hash(salt, &key), share)
-        })
-        .collect();
-    rows.select(&keep)
-}
-
-/// Rows whose customer falls in (or out of) a hashed share.
-fn split_by_customer(rows: &Rows, log: &TransactionLog, salt: &str, share: f64) -> (Rows, Rows) {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for i in 0..rows.len() {
-        if in_share(stable_hash(salt, &log.ids[rows.cust[i] as usize]), share) {
-            a.push(i);
-        } else {
-            b.push(i);
-        }
-    }
-    (rows.select(&a), rows.select(&b))
-}
-
-fn params_for(base: &ForestParams, o: &Overrides, depth: Option<u16>, leaf: usize) -> ForestParams {
-    ForestParams {
-        max_depth: o.max_depth.unwrap_or(depth),
-        min_samples_leaf: o.min_samples_leaf.unwrap_or(leaf),
-        ..base.clone()
-    }
-}
-
-const GRID_DEPTHS: [Option<u16>; 3] = [Some(8), Some(12), Some(16)];
-const GRID_LEAVES: [usize; 3] = [5, 20, 50];
-
-/// The (depth, leaf) points to try for one forest: the flags' values, or the grid.
-fn grid_points(o: &Overrides) -> Vec<(Option<u16>, usize)> {
-    let depths: Vec<Option<u16>> = match o.max_depth {
-        Some(d) => vec![d],
-        None => GRID_DEPTHS.to_vec(),
-    };
-    let leaves: Vec<usize> = match o.min_samples_leaf {
-        Some(l) => vec![l],
-        None => GRID_LEAVES.to_vec(),
-    };
-    depths
-        .iter()
-        .flat_map(|&d| leaves.iter().map(move |&l| (d, l)))
-        .collect()
-}
-
-/// Picks max_depth and min_samples_leaf for both forests on an inner split of the training
-/// rows (never on the validation rows, whose metrics must stay honest).
-fn grid_search(
-    train: &Rows,
-    log: &TransactionLog,
-    opts: &FitOptions,
-    base: &ForestParams,
-    progress: &dyn Progress,
-) -> Result<(ForestParams, ForestParams, Vec<GridPoint>), TrainError> {
-    let (churn_pts, clv_pts) = (grid_points(&opts.churn), grid_points(&opts.clv));
-    let chosen = |(d, l): (Option<u16>, usize), (cd, cl): (Option<u16>, usize), grid| {
-        Ok((
-            params_for(base, &opts.churn, d, l),
-            params_for(base, &opts.clv, cd, cl),
-            grid,
-        ))
-    };
-    if churn_pts.len() == 1 && clv_pts.len() == 1 {
-        return chosen(churn_pts[0], clv_pts[0], Vec::new());
-    }
-    let (inner_val, inner_train) = split_by_customer(train, log, "grid", 0.25);
-    let inner_train = cap_rows(inner_train, opts.grid_max_rows, log, "grid-rows");
-    let inner_val = cap_rows(inner_val, opts.grid_max_rows / 2, log, "grid-rows");
-    if inner_train.is_empty() || inner_val.is_empty() {
-        return chosen(
-            churn_pts[churn_pts.len() / 2],
-            clv_pts[clv_pts.len() / 2],
-            Vec::new(),
-        );
-    }
-    let small = ForestParams {
-        n_trees: opts.grid_trees.max(1),
-        ..base.clone()
-    };
-    let total = (churn_pts.len() + clv_pts.len()) * small.n_trees;
-    let mut search = Grid {
-        x: TrainingMatrix::new(&inner_train.x)?,
-        val: &inner_val,
-        small,
-        threads: opts.threads,
-        tick: progress.start("choosing depth and leaf size", total as u64),
-        points: Vec::new(),
-    };
-    let best_churn = search.best(
-        ("churn", "roc_auc"),
-        &churn_pts,
-        &opts.churn,
-        &inner_train.churn_target(),
-        &|p| roc_auc(p, &inner_val.churned),
-    )?;
-    let best_clv = search.best(
-        ("clv", "spearman"),
-        &clv_pts,
-        &opts.clv,
-        &inner_train.spend_next,
-        &|p| spearman(p, &inner_val.spend_next),
-    )?;
-    chosen(best_churn, best_clv, search.points)
-}
-
-/// One grid search: small forests fitted on the inner training rows, scored on the inner
-/// validation rows, every point recorded.
-struct Grid<'a> {
-    x: TrainingMatrix,
-    val: &'a Rows,
-    small: ForestParams,
-    threads: usize,
-    tick: Box<dyn super::Tick + 'a>,
-    points: Vec<GridPoint>,
-}
-
-impl Grid<'_> {
-    /// The best-scoring point for one forest (`model`, scored by `metric`).
-    fn best(
-        &mut self,
-        (model, metric): (&str, &str),
-        pts: &[(Option<u16>, usize)],
-        o: &Overrides,
-        y: &[f64],
-        score_of: &dyn Fn(&[f64]) -> f64,
-    ) -> Result<(Option<u16>, usize), TrainError> {
-        let mut best = (f64::NEG_INFINITY, pts[0]);
-        for &(d, l) in pts {
-            let p = params_for(&self.small, o, d, l);
-            let tick = &self.tick;
-            let f = fit_forest(&self.x, y, &p, self.threads, &|n| tick.inc(n as u64))?;
-            let score = score_of(&f.predict(&self.val.x));
-            self.points.push(GridPoint {
-                model: model.into(),
-                max_depth: d,
-                min_samples_leaf: l,
-                metric: metric.into(),
-                score,
-            });
-            if score > best.0 {
-                best = (score, (d, l));
-            }
-        }
-        Ok(best.1)
-    }
 }
 
 /// Fits the churn and CLV forests on the same rows.
@@ -356,25 +144,98 @@ fn fit_pair(
     Ok((c, v))
 }
 
-/// The 90-day rule, made a probability: the churn rate of its two groups on the training rows.
-fn ninety_day_rule(train: &Rows) -> impl Fn(f64) -> f64 {
-    let r = train.feature("recency_days");
-    let rate = |flagged: bool| {
-        let (mut n, mut c) = (0.0, 0.0);
-        for (i, &rd) in r.iter().enumerate() {
-            if (rd > 90.0) == flagged {
-                n += 1.0;
-                c += f64::from(u8::from(train.churned[i]));
-            }
+/// The calibration of a churn forest fitted on `rows` with `params`, learnt on an inner
+/// split: a forest of the same recipe fitted on 80 % of the customers predicts the other
+/// 20 %, and the map from those predictions to what those customers did is the calibration.
+/// The published forest is fitted on all rows; it differs from the inner one only by the
+/// fifth of the rows it also saw.
+/// `Auto` chooses the method here; the chosen one is returned with the calibration, so that
+/// the refit uses the method the evaluation measured.
+fn inner_calibration(
+    rows: &Rows,
+    log: &TransactionLog,
+    params: &ForestParams,
+    (method, opts): (CalibrationMethod, &FitOptions),
+    progress: &dyn Progress,
+) -> Result<(CalibrationMethod, Calibration), TrainError> {
+    if method == CalibrationMethod::None {
+        return Ok((method, Calibration::None));
+    }
+    let (held, fit) = split_by_customer(rows, log, "calibration", CALIBRATION_SHARE);
+    if held.len() < 100 || fit.len() < 100 {
+        return Ok((CalibrationMethod::None, Calibration::None));
+    }
+    let tick = progress.start("calibrating churn", params.n_trees as u64);
+    let forest = fit_forest(
+        &TrainingMatrix::new(&fit.x)?,
+        &fit.churn_target(),
+        params,
+        opts.threads,
+        &|n| tick.inc(n as u64),
+    )?;
+    let raw = forest.predict(&held.x);
+    let fit = |m: CalibrationMethod, idx: &[usize]| {
+        let (p, l): (Vec<f64>, Vec<bool>) = idx.iter().map(|&i| (raw[i], held.churned[i])).unzip();
+        match m {
+            CalibrationMethod::Isotonic => Calibration::isotonic(&p, &l),
+            CalibrationMethod::Platt => Calibration::platt(&p, &l),
+            CalibrationMethod::None | CalibrationMethod::Auto => Calibration::None,
         }
-        (n > 0.0).then(|| c / n)
     };
-    let overall = train.churned.iter().filter(|&&c| c).count() as f64 / train.len().max(1) as f64;
-    let (p1, p0) = (
-        rate(true).unwrap_or(overall),
-        rate(false).unwrap_or(overall),
-    );
-    move |rd: f64| if rd > 90.0 { p1 } else { p0 }
+    let all: Vec<usize> = (0..held.len()).collect();
+    let method = match method {
+        CalibrationMethod::Auto => {
+            let half =
+                |i: usize| stable_hash("calibration-cv", &log.ids[held.cust[i] as usize]) & 1;
+            let (a, b): (Vec<usize>, Vec<usize>) = all.iter().partition(|&&i| half(i) == 0);
+            // Each half's map scored on the other half: an honest Brier per method.
+            let brier = |m: CalibrationMethod| {
+                let score = |fit_on: &[usize], test: &[usize]| {
+                    let c = fit(m, fit_on);
+                    test.iter()
+                        .map(|&i| (c.apply(raw[i]) - f64::from(u8::from(held.churned[i]))).powi(2))
+                        .sum::<f64>()
+                };
+                score(&a, &b) + score(&b, &a)
+            };
+            [
+                CalibrationMethod::None,
+                CalibrationMethod::Platt,
+                CalibrationMethod::Isotonic,
+            ]
+            .into_iter()
+            .min_by(|x, y| brier(*x).total_cmp(&brier(*y)))
+            .unwrap_or(CalibrationMethod::None)
+        }
+        m => m,
+    };
+    Ok((method, fit(method, &all)))
+}
+
+fn method_name(m: CalibrationMethod) -> &'static str {
+    match m {
+        CalibrationMethod::Auto | CalibrationMethod::None => "none",
+        CalibrationMethod::Isotonic => "isotonic",
+        CalibrationMethod::Platt => "platt",
+    }
+}
+
+/// The spend over the last year at which a customer counts as valuable, when not set: the
+/// 80th percentile of that spend on the training rows, to two significant digits. Money has
+/// no scale we could fix for every programme, so it is learnt once and then stays, stored,
+/// for the version: the same spend is valuable whatever the risk at scoring time.
+pub fn default_value_high(rows: &Rows) -> f64 {
+    let mut spend = rows.feature("spend_365d");
+    if spend.is_empty() {
+        return 0.0;
+    }
+    spend.sort_by(f64::total_cmp);
+    let p80 = spend[((spend.len() - 1) as f64 * 0.8).round() as usize];
+    if p80 <= 0.0 {
+        return 0.0;
+    }
+    let scale = 10f64.powf(p80.log10().floor() - 1.0);
+    (p80 / scale).round() * scale
 }
 
 /// Runs the whole training: returns the version, or refuses if the models do not beat their
@@ -385,67 +246,63 @@ pub fn train(
     run: &RunInfo,
     progress: &dyn Progress,
 ) -> Result<Trained, TrainError> {
-    let split = plan_split(log.quality.first_ts, log.quality.last_ts, opts)?;
-    let base = ForestParams {
-        n_trees: opts.n_trees,
-        mtry: opts.mtry,
-        seed: opts.seed,
-        ..ForestParams::default()
-    };
-    let (train_rows, val_rows) = split_rows(log, &split, opts, progress)?;
-    let (churn_p, clv_p, grid) = grid_search(&train_rows, log, opts, &base, progress)?;
-    let (churn_f, clv_f) = fit_pair(
-        &train_rows,
-        &churn_p,
-        &clv_p,
-        opts,
-        "fitting forests",
-        progress,
-    )?;
-    let (metrics, segments) = evaluate(&churn_f, &clv_f, &train_rows, &val_rows);
-    let beats = beats_baselines(&metrics);
+    let split = plan_split(log.quality.first_ts, log.quality.last_ts, &opts.split)?;
+    let season = fit_season(log, split.validation());
+    let recipe = fit_and_evaluate(log, &split, season, opts, progress)?;
+    let beats = beats_baselines(&recipe.evaluated.metrics);
     if !beats && !opts.force {
-        return Err(TrainError::NotBetter(Box::new(metrics)));
+        return Err(TrainError::NotBetter(Box::new(recipe.evaluated.metrics)));
     }
-    let rows = [train_rows.len(), val_rows.len()];
-    drop(train_rows);
-
     // The artifact: the same recipe refitted on the latest labelled data.
     let refit_rows = rows_at(
         log,
-        &split.refit_snapshots(),
+        split.refit_snapshots(),
         opts,
-        &|_| true,
-        "building refit features",
+        Sample::train("refit"),
         progress,
     )?;
-    let refit_rows = cap_rows(refit_rows, opts.max_train_rows, log, "refit-rows");
     let (churn, clv) = fit_pair(
         &refit_rows,
-        &churn_p,
-        &clv_p,
+        &recipe.churn,
+        &recipe.clv,
         opts,
         "refitting on the latest data",
         progress,
     )?;
+    let (_, calibration) = inner_calibration(
+        &refit_rows,
+        log,
+        &recipe.churn,
+        (recipe.calibration, opts),
+        progress,
+    )?;
     let bundle = ModelBundle {
         schema: FeatureSchema::current(),
-        horizon_days: opts.horizon_days,
+        horizon_days: opts.split.horizon_days,
         churn,
         clv,
-        segments,
+        calibration,
+        rhythm: prior_from_rows(&refit_rows, season),
+        segments: recipe.segments,
     };
     let bundle_bytes = bundle.encode()?;
     let facts = Facts {
         split: &split,
-        rows: [rows[0], rows[1], refit_rows.len()],
+        rows: [recipe.rows[0], recipe.rows[1], refit_rows.len()],
         hyperparameters: Hyperparameters {
-            churn: churn_p,
-            clv: clv_p,
-            selected_by: if grid.is_empty() { "flags" } else { "grid" }.into(),
-            grid,
+            churn: recipe.churn,
+            clv: recipe.clv,
+            calibration: method_name(recipe.calibration).into(),
+            snapshot_stride_days: opts.split.stride_days,
+            selected_by: if recipe.grid.is_empty() {
+                "flags"
+            } else {
+                "grid"
+            }
+            .into(),
+            grid: recipe.grid,
         },
-        metrics,
+        evaluated: recipe.evaluated,
         beats,
     };
     let manifest = manifest(log, opts, run, &bundle, &bundle_bytes, facts);
@@ -456,50 +313,176 @@ pub fn train(
     })
 }
 
-/// Rows of the customers `include` accepts at the snapshots, sorted ascending.
+/// The recipe the evaluation chose and what it measured.
+struct Recipe {
+    churn: ForestParams,
+    clv: ForestParams,
+    grid: Vec<crate::model::GridPoint>,
+    calibration: CalibrationMethod,
+    segments: SegmentRules,
+    evaluated: Evaluated,
+    /// Training and validation rows.
+    rows: [usize; 2],
+}
+
+/// Chooses the forests' regularisation and the calibration on the training rows, fits, and
+/// evaluates on the validation rows.
+fn fit_and_evaluate(
+    log: &TransactionLog,
+    split: &Split,
+    season: [f64; 4],
+    opts: &FitOptions,
+    progress: &dyn Progress,
+) -> Result<Recipe, TrainError> {
+    let base = ForestParams {
+        n_trees: opts.n_trees,
+        mtry: opts.mtry,
+        seed: opts.seed,
+        ..ForestParams::default()
+    };
+    let (train_rows, val_rows) = split_rows(log, split, opts, progress)?;
+    let (churn, clv, grid) = grid_search(&train_rows, log, opts, &base, progress)?;
+    let forests = fit_pair(&train_rows, &churn, &clv, opts, "fitting forests", progress)?;
+    let (method, calibration) =
+        inner_calibration(&train_rows, log, &churn, (opts.calibration, opts), progress)?;
+    let segments = SegmentRules {
+        value_high: opts
+            .value_high
+            .unwrap_or_else(|| default_value_high(&train_rows)),
+        ..opts.segments.clone()
+    };
+    segments.validate().map_err(TrainError::Split)?;
+    let evaluated = evaluate(
+        [&forests.0, &forests.1],
+        &calibration,
+        &prior_from_rows(&train_rows, season),
+        &segments,
+        &train_rows,
+        &val_rows,
+    );
+    Ok(Recipe {
+        churn,
+        clv,
+        grid,
+        calibration: method,
+        segments,
+        evaluated,
+        rows: [train_rows.len(), val_rows.len()],
+    })
+}
+
+/// Which customers' rows to build, and how rows are sampled to the budget.
+struct Sample<'a> {
+    label: &'static str,
+    include: Box<dyn Fn(usize) -> bool + 'a>,
+    max_rows: usize,
+    /// Training rows are sampled per (customer, snapshot); validation rows per customer, so
+    /// that the quarters compare the same customers.
+    by_customer: bool,
+    salt: &'static str,
+}
+
+impl<'a> Sample<'a> {
+    fn train(salt: &'static str) -> Self {
+        Sample {
+            label: "building features",
+            include: Box::new(|_| true),
+            max_rows: usize::MAX,
+            by_customer: false,
+            salt,
+        }
+    }
+}
+
+/// Rows at the snapshots for the customers the sample includes, sampled while they are
+/// built so that stacking many snapshots stays within the budget.
 fn rows_at(
     log: &TransactionLog,
     snapshots: &[i64],
     opts: &FitOptions,
-    include: &dyn Fn(usize) -> bool,
-    label: &str,
+    s: Sample,
     progress: &dyn Progress,
 ) -> Result<Rows, TrainError> {
-    let tick = progress.start(label, log.n_customers() as u64);
-    let h = i64::from(opts.horizon_days) * DAY;
     let lookback = i64::from(opts.lookback_days) * DAY;
-    Ok(build_rows(
+    let budget = if s.max_rows == usize::MAX {
+        if s.by_customer {
+            opts.max_validation_rows
+        } else {
+            opts.max_train_rows
+        }
+    } else {
+        s.max_rows
+    };
+    let n = count_rows(log, snapshots, lookback, s.include.as_ref());
+    let share = (budget as f64 / n.max(1) as f64).min(1.0);
+    let keep = |c: usize, k: usize| {
+        share >= 1.0
+            || if s.by_customer {
+                in_share(stable_hash(s.salt, &log.ids[c]), share)
+            } else {
+                in_share(
+                    stable_hash(s.salt, &format!("{}#{}", log.ids[c], snapshots[k])),
+                    share,
+                )
+            }
+    };
+    let tick = progress.start(s.label, log.n_customers() as u64);
+    let rows = build_rows(
         log,
-        &ascending(snapshots.to_vec()),
-        h,
+        snapshots,
+        opts.horizon(),
         lookback,
-        include,
+        s.include.as_ref(),
+        &keep,
         tick.as_ref(),
-    )?)
+    )?;
+    // Hash sampling lands near the budget; cap what rounding left over.
+    Ok(cap_rows(
+        rows,
+        budget.saturating_add(budget / 50),
+        log,
+        s.salt,
+    ))
 }
 
-/// Training and validation rows: earlier snapshots and a later one, or, for a holdout, the
-/// same snapshot split by customer. Training rows are capped at `max_train_rows`.
+/// Training and validation rows: earlier snapshots and later ones, or, for a holdout, the
+/// same snapshots split by customer.
 fn split_rows(
     log: &TransactionLog,
     split: &Split,
     opts: &FitOptions,
     progress: &dyn Progress,
 ) -> Result<(Rows, Rows), TrainError> {
-    let held_out = |c: usize| in_share(stable_hash("holdout", &log.ids[c]), opts.holdout_share);
-    let label = "building features";
-    let (train, val) = match split {
-        Split::OutOfTime {
-            train, validation, ..
-        } => (
-            rows_at(log, train, opts, &|_| true, label, progress)?,
-            rows_at(log, &[*validation], opts, &|_| true, label, progress)?,
-        ),
-        Split::Holdout { snapshot } => (
-            rows_at(log, &[*snapshot], opts, &|c| !held_out(c), label, progress)?,
-            rows_at(log, &[*snapshot], opts, &held_out, label, progress)?,
-        ),
+    let held_out =
+        move |c: usize| in_share(stable_hash("holdout", &log.ids[c]), opts.holdout_share);
+    let holdout = matches!(split, Split::Holdout { .. });
+    let train = Sample {
+        include: if holdout {
+            Box::new(move |c| !held_out(c))
+        } else {
+            Box::new(|_| true)
+        },
+        ..Sample::train("train-rows")
     };
+    let validation = Sample {
+        label: "building validation features",
+        include: if holdout {
+            Box::new(held_out)
+        } else {
+            Box::new(|_| true)
+        },
+        max_rows: usize::MAX,
+        by_customer: true,
+        salt: "validation-rows",
+    };
+    let train = rows_at(log, split.train_snapshots(), opts, train, progress)?;
+    let val = rows_at(
+        log,
+        split.validation_snapshots(),
+        opts,
+        validation,
+        progress,
+    )?;
     if train.len() < 50 || val.len() < 20 {
         return Err(TrainError::Split(format!(
             "too few customers to train and validate: {} training rows, {} validation rows",
@@ -507,37 +490,7 @@ fn split_rows(
             val.len()
         )));
     }
-    Ok((cap_rows(train, opts.max_train_rows, log, "train-rows"), val))
-}
-
-/// Both models and both baselines on exactly the same validation rows, and the segment
-/// thresholds from the validation predictions.
-fn evaluate(
-    churn: &FlatForest,
-    clv: &FlatForest,
-    train_rows: &Rows,
-    val_rows: &Rows,
-) -> (Metrics, SegmentThresholds) {
-    let churn_pred = churn.predict(&val_rows.x);
-    let clv_pred = clv.predict(&val_rows.x);
-    let rule = ninety_day_rule(train_rows);
-    let base_pred: Vec<f64> = val_rows
-        .feature("recency_days")
-        .into_iter()
-        .map(&rule)
-        .collect();
-    let metrics = Metrics {
-        churn: churn_metrics(&churn_pred, &val_rows.churned),
-        churn_baseline: churn_metrics(&base_pred, &val_rows.churned),
-        clv: clv_metrics(&clv_pred, &val_rows.spend_next),
-        clv_baseline: clv_metrics(&val_rows.spend_prev, &val_rows.spend_next),
-    };
-    let segments = SegmentThresholds::from_population(
-        &churn_pred,
-        &clv_pred,
-        &val_rows.feature("spend_trend"),
-    );
-    (metrics, segments)
+    Ok((train, val))
 }
 
 /// What the training found, for the manifest.
@@ -546,7 +499,7 @@ struct Facts<'a> {
     /// Training, validation and refit rows.
     rows: [usize; 3],
     hyperparameters: Hyperparameters,
-    metrics: Metrics,
+    evaluated: Evaluated,
     beats: bool,
 }
 
@@ -562,9 +515,9 @@ fn manifest(
     let sha = sha256_hex(bundle_bytes);
     let version = format!("v{}-{}", run.created_at.format("%Y%m%d-%H%M%S"), &sha[..6]);
     let split = facts.split;
-    let fmt_all = |ts: Vec<i64>| ts.iter().map(|&t| fmt_ts(t)).collect();
+    let fmt_all = |ts: &[i64]| ts.iter().map(|&t| fmt_ts(t)).collect();
     Manifest {
-        format: 1,
+        format: 2,
         version,
         created_at: run
             .created_at
@@ -589,7 +542,8 @@ fn manifest(
         split: SplitInfo {
             method: split.method().into(),
             validation_as_of: fmt_ts(split.validation()),
-            horizon_days: opts.horizon_days,
+            validation_snapshots: fmt_all(split.validation_snapshots()),
+            horizon_days: opts.split.horizon_days,
             lookback_days: opts.lookback_days,
             train_snapshots: fmt_all(split.train_snapshots()),
             refit_snapshots: fmt_all(split.refit_snapshots()),
@@ -599,10 +553,12 @@ fn manifest(
         },
         hyperparameters: facts.hyperparameters,
         feature_schema: FeatureSchema::current(),
-        metrics: facts.metrics,
+        metrics: facts.evaluated.metrics,
         beats_baselines: facts.beats,
         forced: !facts.beats,
         segments: bundle.segments.clone(),
+        segment_table: facts.evaluated.segment_table,
+        rhythm: bundle.rhythm.clone(),
         files: vec![FileEntry {
             name: BUNDLE_FILE.into(),
             sha256: sha,

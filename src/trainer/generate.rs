@@ -5,7 +5,8 @@
 //! (lognormal across customers, shape = how regular they are), faster around December.
 //! Drifters stop (most of them) or slow down sixfold at a known date; risers shorten their
 //! gaps and grow their baskets over six months from a known date. Points are earned per
-//! dollar and redeemed now and then; each customer prefers one of three channels. The same
+//! dollar and redeemed now and then; each customer prefers one of three channels; about 3 %
+//! of purchases are partly or wholly returned a few days later (a negative amount). The same
 //! seed gives the same bytes.
 
 use std::io::Write;
@@ -56,7 +57,8 @@ pub struct Truth {
 struct GenTx {
     ts: i64,
     cust: u32,
-    amount_cents: u64,
+    /// Negative for a return.
+    amount_cents: i64,
     points_earned: u32,
     points_redeemed: u32,
     channel: u8,
@@ -64,6 +66,9 @@ struct GenTx {
 }
 
 const CHANNELS: [&str; 3] = ["store", "web", "app"];
+
+/// Share of purchases partly or wholly returned.
+const RETURN_SHARE: f64 = 0.03;
 
 pub fn customer_id(i: usize) -> String {
     format!("C{:07}", i + 1)
@@ -162,7 +167,7 @@ fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
         };
         let noise = who.noise.map_or(1.0, |n| n.sample(&mut rng));
         let amount = (who.basket * basket_scale * noise).max(0.5);
-        let amount_cents = (amount * 100.0).round() as u64;
+        let amount_cents = (amount * 100.0).round() as i64;
         let earned = (amount_cents / 100) as u32;
         balance += earned;
         let redeemed = if balance >= 200 && rng.random_bool(0.08) {
@@ -190,6 +195,21 @@ fn simulate(opts: &GenerateOptions, i: usize, out: &mut Vec<GenTx>) -> Truth {
                 channel,
                 quantity: 1 + (amount / 25.0) as u16,
             });
+            if rng.random_bool(RETURN_SHARE) {
+                let back = ts + rng.random_range((2 * DAY)..(20 * DAY));
+                let share: f64 = rng.random_range(0.3..1.0);
+                if back < end {
+                    out.push(GenTx {
+                        ts: back,
+                        cust: i as u32,
+                        amount_cents: -((amount_cents as f64 * share).round() as i64).max(1),
+                        points_earned: 0,
+                        points_redeemed: 0,
+                        channel,
+                        quantity: 1,
+                    });
+                }
+            }
         }
         let g = Gamma::new(who.shape, who.mean_gap / who.shape)
             .map(|d| d.sample(&mut rng))
@@ -234,9 +254,13 @@ pub fn generate(
         line.push(',');
         push_rfc3339(&mut line, t.ts);
         line.push(',');
-        push_padded(&mut line, t.amount_cents / 100, 1);
+        if t.amount_cents < 0 {
+            line.push('-');
+        }
+        let cents = t.amount_cents.unsigned_abs();
+        push_padded(&mut line, cents / 100, 1);
         line.push('.');
-        push_padded(&mut line, t.amount_cents % 100, 2);
+        push_padded(&mut line, cents % 100, 2);
         line.push(',');
         push_padded(&mut line, u64::from(t.points_earned), 1);
         line.push(',');

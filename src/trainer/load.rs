@@ -71,6 +71,8 @@ pub struct DataQuality {
     /// Rows identical in every field to another row (kept: two equal purchases on one day
     /// are common in date-only logs).
     pub duplicates: u64,
+    /// Rows with a negative amount: returns (kept: they lower net spend).
+    pub returns: u64,
     pub customers: u64,
     pub first_ts: i64,
     pub last_ts: i64,
@@ -236,17 +238,19 @@ fn columns(header: &csv::StringRecord) -> Result<(Columns, Vec<String>), String>
     Ok((c, unknown))
 }
 
-fn number(field: &str, raw: &str) -> Result<f64, String> {
+/// A finite number of at most 1e9 in size; negative only where `signed` (an amount: a
+/// return).
+fn number(field: &str, raw: &str, signed: bool) -> Result<f64, String> {
     let v: f64 = raw
         .trim()
         .parse()
         .map_err(|_| format!("{field} {raw:?} is not a number"))?;
     if !v.is_finite() {
         Err(format!("{field} {raw:?} is not finite"))
-    } else if v < 0.0 {
+    } else if v < 0.0 && !signed {
         Err(format!("{field} {raw:?} is negative"))
-    } else if v > MAX_VALUE {
-        Err(format!("{field} {raw:?} is larger than 1e9"))
+    } else if v.abs() > MAX_VALUE {
+        Err(format!("{field} {raw:?} is larger than 1e9 in size"))
     } else {
         Ok(v)
     }
@@ -255,7 +259,7 @@ fn number(field: &str, raw: &str) -> Result<f64, String> {
 fn optional_number(field: &str, raw: Option<&str>) -> Result<f64, String> {
     match raw.map(str::trim) {
         None | Some("") => Ok(0.0),
-        Some(r) => number(field, r),
+        Some(r) => number(field, r, false),
     }
 }
 
@@ -287,7 +291,7 @@ fn parse_row(
             format!("timestamp {raw_ts:?} is before 1970 or after 2199"),
         ));
     }
-    let amount = number("amount", rec.get(c.amount).unwrap_or(""))
+    let amount = number("amount", rec.get(c.amount).unwrap_or(""), true)
         .map_err(|m| (RejectReason::BadAmount, m))?;
     let get = |i: Option<usize>| i.and_then(|i| rec.get(i));
     let points_earned = optional_number("points_earned", get(c.points_earned))
@@ -397,6 +401,7 @@ impl Accumulator {
         }
         self.q.first_ts = self.q.first_ts.min(row.ts);
         self.q.last_ts = self.q.last_ts.max(row.ts);
+        self.q.returns += u64::from(row.amount < 0.0);
         self.rows.push(row);
     }
 }
@@ -567,11 +572,15 @@ mod tests {
     }
 
     #[test]
-    fn negative_amount() {
+    fn a_negative_amount_is_a_return_and_counted() {
+        let csv = "customer_id,timestamp,amount\nA,2024-01-01,10\nA,2024-01-03,-4.50\n";
+        let log = load(csv, 0.0).unwrap();
+        assert_eq!((log.quality.rows_ok, log.quality.returns), (2, 1));
+        assert_eq!(log.customer(0)[1].amount, -4.5);
         rejected_with(
-            "A,2024-01-03,-4.50,0,0,web,1",
+            "A,2024-01-03,-2e9,0,0,web,1",
             RejectReason::BadAmount,
-            "amount \"-4.50\" is negative",
+            "amount \"-2e9\" is larger than 1e9 in size",
         );
     }
 

@@ -1,23 +1,29 @@
 //! The offline half: load a transaction log, build snapshot rows with the shared feature code,
-//! fit and evaluate both forests, and produce a version to publish. Also the sample-data
-//! generator. Used by the `loyalscore-train` binary; no gRPC here.
+//! fit, calibrate and evaluate both forests, learn the population's rhythm, and produce a
+//! version to publish. Also the sample-data generator. Used by the `loyalscore-train`
+//! binary; no gRPC here.
 
 pub mod batch;
 pub mod dataset;
 pub mod eval;
+pub mod evaluate;
 pub mod experiment;
 pub mod fit;
 pub mod generate;
+mod grid;
 pub mod load;
 pub mod report;
+pub mod rhythm;
+pub mod split;
 
 use crate::features::FeatureError;
 use crate::forest::ForestError;
 use crate::model::{Metrics, ModelError};
 use crate::registry::RegistryError;
 
-pub use fit::{train, FitOptions, Overrides, RunInfo, Split, Trained};
+pub use fit::{train, CalibrationMethod, FitOptions, Overrides, RunInfo, Trained};
 pub use load::{load_transactions, LoadError, LoadOptions, TransactionLog};
+pub use split::{plan_split, Split, SplitOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

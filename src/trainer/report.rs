@@ -30,6 +30,11 @@ pub fn data_quality(q: &DataQuality) -> String {
         }
     }
     let _ = writeln!(s, "  duplicate rows   {:>12}  (kept)", q.duplicates);
+    let _ = writeln!(
+        s,
+        "  returns          {:>12}  (negative amounts: net spend)",
+        q.returns
+    );
     let _ = writeln!(s, "  customers        {:>12}", q.customers);
     if q.rows_ok > 0 {
         let _ = writeln!(
@@ -81,6 +86,7 @@ pub fn metrics_table(m: &Metrics) -> String {
     row(&mut s, "PR-AUC", c.0.pr_auc, c.1.pr_auc, true);
     row(&mut s, "Brier", c.0.brier, c.1.brier, false);
     row(&mut s, "log-loss", c.0.log_loss, c.1.log_loss, false);
+    row(&mut s, "ECE (10 bins)", c.0.ece, c.1.ece, false);
     row(
         &mut s,
         "top-decile lift",
@@ -88,6 +94,13 @@ pub fn metrics_table(m: &Metrics) -> String {
         c.1.top_decile_lift,
         true,
     );
+    if let Some(raw) = &m.churn_uncalibrated {
+        let _ = writeln!(
+            s,
+            "  calibration: Brier {:.4} -> {:.4}, ECE {:.4} -> {:.4} (raw forest -> calibrated)",
+            raw.brier, c.0.brier, raw.ece, c.0.ece
+        );
+    }
     let _ = writeln!(
         s,
         "  {:<22} {:>12} {:>14}",
@@ -123,19 +136,21 @@ pub fn metrics_table(m: &Metrics) -> String {
     s
 }
 
-/// Split, hyper-parameters and the metrics table of a version.
+/// Split, hyper-parameters, the metrics table, the quarters and the segments of a version.
 pub fn version_summary(m: &Manifest) -> String {
     let mut s = String::new();
     let sp = &m.split;
     let _ = writeln!(
         s,
-        "Validation: {} at {} with a {}-day horizon ({} training rows from {} snapshot(s), {} validation rows)",
+        "Validation: {} at {} with a {}-day horizon ({} training rows from {} snapshot(s) every {} days, {} validation rows from {} snapshot(s))",
         sp.method,
         sp.validation_as_of,
         sp.horizon_days,
         sp.train_rows,
         sp.train_snapshots.len(),
-        sp.validation_rows
+        m.hyperparameters.snapshot_stride_days,
+        sp.validation_rows,
+        sp.validation_snapshots.len().max(1)
     );
     let hp = &m.hyperparameters;
     let depth = |d: Option<u16>| d.map_or("none".to_string(), |d| d.to_string());
@@ -151,8 +166,98 @@ pub fn version_summary(m: &Manifest) -> String {
         depth(hp.clv.max_depth),
         hp.clv.min_samples_leaf
     );
+    let _ = writeln!(
+        s,
+        "Churn calibration: {}",
+        if m.hyperparameters.calibration.is_empty() {
+            "none"
+        } else {
+            &m.hyperparameters.calibration
+        }
+    );
     s.push_str(&metrics_table(&m.metrics));
+    s.push_str(&quarter_table(m));
+    s.push_str(&segment_table(m));
     s
+}
+
+/// One line of validation figures per validation snapshot.
+fn quarter_table(m: &Manifest) -> String {
+    if m.metrics.by_quarter.len() < 2 {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = m
+        .metrics
+        .by_quarter
+        .iter()
+        .map(|q| {
+            vec![
+                q.as_of.get(..10).unwrap_or(&q.as_of).to_string(),
+                q.rows.to_string(),
+                format!("{:.4}", q.churn_rate),
+                format!("{:.4}", q.roc_auc),
+                format!("{:.4}", q.brier),
+                format!("{:.4}", q.ece),
+                format!("{:.4}", q.clv_spearman),
+            ]
+        })
+        .collect();
+    let mut s = "Validation by quarter:\n".to_string();
+    s.push_str(&indent(&table(
+        &[
+            "AS OF",
+            "ROWS",
+            "CHURN RATE",
+            "ROC-AUC",
+            "BRIER",
+            "ECE",
+            "CLV SPEARMAN",
+        ],
+        &rows,
+    )));
+    s
+}
+
+/// The segment rules and what each segment's validation customers then did.
+fn segment_table(m: &Manifest) -> String {
+    if m.segment_table.is_empty() {
+        return String::new();
+    }
+    let r = &m.segments;
+    let mut s = format!(
+        "Segments (rules: churn gone >= {}, at risk >= {}, low <= {}; overdue unusual >= {}, late {}; valuable >= {:.2} spent in a year; rising >= {}x own visits and {}x own spend; new within {} days), on the validation rows:\n",
+        r.churn_gone, r.churn_risk, r.churn_low, r.overdue_unusual, r.overdue_late, r.value_high, r.rising_visits, r.rising_spend, r.new_days
+    );
+    let rows: Vec<Vec<String>> = m
+        .segment_table
+        .iter()
+        .map(|t| {
+            vec![
+                t.segment.clone(),
+                t.rows.to_string(),
+                format!("{:.1}%", 100.0 * t.share),
+                format!("{:.3}", t.mean_churn),
+                format!("{:.3}", t.realised_churn),
+                format!("{:.2}", t.mean_spend),
+            ]
+        })
+        .collect();
+    s.push_str(&indent(&table(
+        &[
+            "SEGMENT",
+            "ROWS",
+            "SHARE",
+            "PREDICTED CHURN",
+            "REALISED CHURN",
+            "MEAN SPEND",
+        ],
+        &rows,
+    )));
+    s
+}
+
+fn indent(t: &str) -> String {
+    t.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 /// Left-aligned columns, two spaces apart.

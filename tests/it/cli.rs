@@ -424,9 +424,10 @@ async fn quickstart_score_client_and_offline_scoring() {
     let msg = ok(&out);
     let csv = std::fs::read_to_string(&scores).unwrap();
     let mut lines = csv.lines();
+    let timing = "typical_gap_days,expected_next_purchase,days_overdue,overdue_percentile,contact_from,contact_by";
     assert_eq!(
         lines.next(),
-        Some("customer_id,churn_probability,clv,segment,version")
+        Some(format!("customer_id,churn_probability,clv,segment,version,{timing}").as_str())
     );
     let rows: Vec<&str> = lines.collect();
     assert!(rows.len() > 1000, "{msg}");
@@ -435,24 +436,35 @@ async fn quickstart_score_client_and_offline_scoring() {
         "{msg}"
     );
     let version = v["model_version"].as_str().unwrap();
-    assert!(rows.iter().all(|r| r.ends_with(version)));
+    assert!(rows.iter().all(|r| r.split(',').nth(4) == Some(version)));
 
-    // The server, fed the raw histories, gives every customer the offline score exactly.
+    // The server, fed the raw histories, gives every customer the offline score, segment
+    // and timing exactly.
     let online_csv = std::fs::read_to_string(&online).unwrap();
     let mut online_lines = online_csv.lines();
     assert_eq!(
         online_lines.next(),
-        Some("customer_id,churn_probability,clv,segment,model_version,experiment,arm")
+        Some(
+            format!(
+                "customer_id,churn_probability,clv,segment,model_version,experiment,arm,{timing}"
+            )
+            .as_str()
+        )
     );
-    let parse = |r: &str| {
+    let parse = |r: &str, timing_at: usize| {
         let c: Vec<&str> = r.split(',').collect();
         let num = |s: &str| s.parse::<f64>().unwrap();
-        (c[0].to_string(), (num(c[1]), num(c[2]), c[3].to_string()))
+        let t: Vec<String> = c[timing_at..].iter().map(|s| s.to_string()).collect();
+        (
+            c[0].to_string(),
+            (num(c[1]), num(c[2]), c[3].to_string(), t),
+        )
     };
-    let online: std::collections::HashMap<_, _> = online_lines.map(parse).collect();
+    let online: std::collections::HashMap<_, _> = online_lines.map(|r| parse(r, 7)).collect();
     assert_eq!(online.len(), rows.len(), "{online_msg}");
     for r in &rows {
-        let (id, offline) = parse(r);
+        let (id, offline) = parse(r, 5);
+        assert_eq!(offline.3.len(), 6);
         assert_eq!(online.get(&id), Some(&offline), "customer {id}");
     }
 }

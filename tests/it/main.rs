@@ -7,6 +7,7 @@ mod faults;
 mod helm;
 mod moto;
 mod registry;
+mod rhythm;
 mod server;
 mod skew;
 mod support;

@@ -471,7 +471,7 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
             "missing feature",
             missing,
             Code::InvalidArgument,
-            "missing feature \"distinct_channels\"",
+            "missing feature \"recency_log_z\"",
         ),
         (
             "NaN",
@@ -513,10 +513,25 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
             "history.transactions[0].time: is before 1970",
         ),
         (
-            "negative amount",
+            "only a return",
             history_request("c", vec![tx(as_of - day, -5.0)], as_of),
             Code::InvalidArgument,
+            "history.transactions: the customer has no purchase",
+        ),
+        (
+            "amount too large",
+            history_request("c", vec![tx(as_of - day, -2e9)], as_of),
+            Code::InvalidArgument,
             "history.transactions[0].amount",
+        ),
+        (
+            "unknown locale",
+            pb::ScoreRequest {
+                locale: "fr".into(),
+                ..features_request("c", typical())
+            },
+            Code::InvalidArgument,
+            "locale: \"fr\"",
         ),
         (
             "NaN amount",

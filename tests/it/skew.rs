@@ -1,11 +1,13 @@
 //! Training/serving skew: for generated customers, the feature rows the trainer builds equal
 //! what the server computes from the same history at the same as_of, bit for bit, and so do
-//! the scores.
+//! the scores, the segments and the timing fields (offline scoring of the trainer's rows
+//! against the server's answers).
 
 use loyalscore::cli::score_log::history_request;
-use loyalscore::features::DAY;
+use loyalscore::features::{FeatureVector, DAY};
 use loyalscore::proto::v1 as pb;
-use loyalscore::trainer::dataset::build_rows;
+use loyalscore::scoring::{score, Explain, Model};
+use loyalscore::trainer::dataset::{build_rows, everyone, keep_all};
 use loyalscore::trainer::{load_transactions, LoadOptions, Silent};
 
 use crate::server::{production_v001, until_serving, TestServer};
@@ -14,7 +16,7 @@ use crate::support::sample;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn trainer_and_server_compute_the_same_features_and_scores() {
     let dir = tempfile::tempdir().unwrap();
-    let (csv, _) = sample(dir.path(), 400, 700, 17);
+    let (csv, _) = sample(dir.path(), 600, 700, 17);
     let log = load_transactions(
         std::fs::File::open(&csv).unwrap(),
         "s",
@@ -23,12 +25,22 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
     )
     .unwrap();
     let as_of = (log.quality.last_ts.div_euclid(DAY) - 100) * DAY;
-    let rows = build_rows(&log, &[as_of], 180 * DAY, 365 * DAY, &|_| true, &Silent).unwrap();
-    assert!(rows.len() > 200);
+    let rows = build_rows(
+        &log,
+        &[as_of],
+        180 * DAY,
+        365 * DAY,
+        &everyone,
+        &keep_all,
+        &Silent,
+    )
+    .unwrap();
+    assert!(rows.len() > 300, "{}", rows.len());
 
     let path = dir.path().join("registry");
     let reg = production_v001(path.to_str().unwrap()).await;
-    let (_, bundle) = reg.load("v001").await.unwrap();
+    let (manifest, bundle) = reg.load("v001").await.unwrap();
+    let model = Model::new(manifest, bundle.clone()).unwrap();
     let server = TestServer::start(path.to_str().unwrap(), |_| {}).await;
     until_serving(&server).await;
 
@@ -38,7 +50,12 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
             ..history_request(&log, rows.cust[i] as usize, as_of, "")
         })
         .collect();
-    let churn = bundle.churn.predict(&rows.x);
+    let churn: Vec<f64> = bundle
+        .churn
+        .predict(&rows.x)
+        .into_iter()
+        .map(|p| bundle.calibration.apply(p))
+        .collect();
     let clv = bundle.clv.predict(&rows.x);
     let r = server
         .scoring()
@@ -69,6 +86,33 @@ async fn trainer_and_server_compute_the_same_features_and_scores() {
             churn[i].to_bits(),
             "row {i} churn"
         );
+        let x: FeatureVector = trained.try_into().unwrap();
+        let offline = score(&model, &x, rows.as_of(i), Explain::default());
+        let t = offline.timing;
+        let secs = |ts: &Option<prost_types::Timestamp>| ts.as_ref().unwrap().seconds;
+        assert_eq!(s.segment, offline.segment.as_str(), "row {i} segment");
+        assert_eq!(
+            s.typical_gap_days.to_bits(),
+            t.typical_gap_days.to_bits(),
+            "row {i}"
+        );
+        assert_eq!(
+            s.days_overdue.to_bits(),
+            t.days_overdue.to_bits(),
+            "row {i}"
+        );
+        assert_eq!(
+            s.overdue_percentile.to_bits(),
+            t.overdue_percentile.to_bits(),
+            "row {i}"
+        );
+        assert_eq!(
+            secs(&s.expected_next_purchase),
+            t.expected_next_purchase,
+            "row {i}"
+        );
+        assert_eq!(secs(&s.contact_from), t.contact_from, "row {i}");
+        assert_eq!(secs(&s.contact_by), t.contact_by, "row {i}");
         assert_eq!(s.clv.to_bits(), clv[i].max(0.0).to_bits(), "row {i} clv");
     }
     server.stop().await;

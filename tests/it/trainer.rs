@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 use loyalscore::features::DAY;
 use loyalscore::forest::{fit_forest, ForestParams, TrainingMatrix};
 use loyalscore::registry::Registry;
-use loyalscore::trainer::dataset::{build_rows, feature_index};
-use loyalscore::trainer::fit::plan_split;
+use loyalscore::trainer::dataset::{build_rows, everyone, feature_index, keep_all};
 use loyalscore::trainer::generate::Kind;
+use loyalscore::trainer::plan_split;
 use loyalscore::trainer::{load_transactions, FitOptions, LoadOptions, Silent, Split};
 
 use crate::support::{files_below, sample, text, train_cli};
@@ -204,15 +204,15 @@ fn model_finds_drifters_better_than_the_90_day_rule() {
     let opts = FitOptions::default();
     let Split::OutOfTime {
         train, validation, ..
-    } = plan_split(log.quality.first_ts, log.quality.last_ts, &opts).unwrap()
+    } = plan_split(log.quality.first_ts, log.quality.last_ts, &opts.split).unwrap()
     else {
         panic!("three years of data allow an out-of-time split");
     };
+    let validation = *validation.last().unwrap();
     let (h, lookback) = (180 * DAY, 365 * DAY);
-    let mut train = train.clone();
-    train.sort_unstable();
-    let tr = build_rows(&log, &train, h, lookback, &|_| true, &Silent).unwrap();
-    let va = build_rows(&log, &[validation], h, lookback, &|_| true, &Silent).unwrap();
+    let rows =
+        |at: &[i64]| build_rows(&log, at, h, lookback, &everyone, &keep_all, &Silent).unwrap();
+    let (tr, va) = (rows(&train), rows(&[validation]));
     let params = ForestParams {
         n_trees: 40,
         max_depth: Some(12),

@@ -1,0 +1,157 @@
+//! The honest read of an evaluated pair of forests: both models and both baselines on the
+//! same validation rows, calibrated and raw, per validation quarter, and the segments the
+//! rules give those rows with what the customers then did.
+
+use crate::features::{Rhythm, RhythmModel, RhythmPrior};
+use crate::forest::FlatForest;
+use crate::model::{
+    expected_calibration_error, Calibration, Metrics, QuarterMetrics, Segment, SegmentRow,
+    SegmentRules,
+};
+use crate::scoring::segment_inputs;
+use crate::time::fmt_ts;
+
+use super::dataset::Rows;
+use super::eval::{churn_metrics, clv_metrics, roc_auc, spearman};
+
+/// What the evaluation found.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    pub metrics: Metrics,
+    pub segment_table: Vec<SegmentRow>,
+}
+
+/// The 90-day rule, made a probability: the churn rate of its two groups on the training rows.
+fn ninety_day_rule(train: &Rows) -> impl Fn(f64) -> f64 {
+    let r = train.feature("recency_days");
+    let rate = |flagged: bool| {
+        let (mut n, mut c) = (0.0, 0.0);
+        for (i, &rd) in r.iter().enumerate() {
+            if (rd > 90.0) == flagged {
+                n += 1.0;
+                c += f64::from(u8::from(train.churned[i]));
+            }
+        }
+        (n > 0.0).then(|| c / n)
+    };
+    let overall = train.churned.iter().filter(|&&c| c).count() as f64 / train.len().max(1) as f64;
+    let (p1, p0) = (
+        rate(true).unwrap_or(overall),
+        rate(false).unwrap_or(overall),
+    );
+    move |rd: f64| if rd > 90.0 { p1 } else { p0 }
+}
+
+/// Predictions of one model on the validation rows.
+struct Predictions {
+    raw: Vec<f64>,
+    churn: Vec<f64>,
+    clv: Vec<f64>,
+}
+
+/// Both models and both baselines on the same validation rows; the segment table on them.
+pub fn evaluate(
+    [churn_f, clv_f]: [&FlatForest; 2],
+    calibration: &Calibration,
+    prior: &RhythmPrior,
+    rules: &SegmentRules,
+    train: &Rows,
+    val: &Rows,
+) -> Evaluated {
+    let raw = churn_f.predict(&val.x);
+    let p = Predictions {
+        churn: raw.iter().map(|&r| calibration.apply(r)).collect(),
+        clv: clv_f
+            .predict(&val.x)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect(),
+        raw,
+    };
+    let rule = ninety_day_rule(train);
+    let base: Vec<f64> = val.feature("recency_days").into_iter().map(&rule).collect();
+    let metrics = Metrics {
+        churn: churn_metrics(&p.churn, &val.churned),
+        churn_uncalibrated: Some(churn_metrics(&p.raw, &val.churned)),
+        churn_baseline: churn_metrics(&base, &val.churned),
+        clv: clv_metrics(&p.clv, &val.spend_next),
+        clv_baseline: clv_metrics(&val.spend_prev, &val.spend_next),
+        by_quarter: by_quarter(&p, val),
+    };
+    Evaluated {
+        metrics,
+        segment_table: segment_table(&p, prior, rules, val),
+    }
+}
+
+/// The figures of each validation snapshot on its own.
+fn by_quarter(p: &Predictions, val: &Rows) -> Vec<QuarterMetrics> {
+    (0..val.snapshots.len())
+        .map(|k| {
+            let idx: Vec<usize> = (0..val.len())
+                .filter(|&i| usize::from(val.snapshot[i]) == k)
+                .collect();
+            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+            let (churn, clv) = (pick(&p.churn), pick(&p.clv));
+            let labels: Vec<bool> = idx.iter().map(|&i| val.churned[i]).collect();
+            let spend: Vec<f64> = idx.iter().map(|&i| val.spend_next[i]).collect();
+            let n = idx.len().max(1) as f64;
+            QuarterMetrics {
+                as_of: fmt_ts(val.snapshots[k]),
+                rows: idx.len() as u64,
+                churn_rate: labels.iter().filter(|&&l| l).count() as f64 / n,
+                roc_auc: roc_auc(&churn, &labels),
+                brier: churn
+                    .iter()
+                    .zip(&labels)
+                    .map(|(p, &l)| (p - f64::from(u8::from(l))).powi(2))
+                    .sum::<f64>()
+                    / n,
+                ece: expected_calibration_error(&churn, &labels),
+                clv_spearman: spearman(&clv, &spend),
+            }
+        })
+        .collect()
+}
+
+/// Each segment's size, the churn it was given and what its customers then did.
+fn segment_table(
+    p: &Predictions,
+    prior: &RhythmPrior,
+    rules: &SegmentRules,
+    val: &Rows,
+) -> Vec<SegmentRow> {
+    let model = RhythmModel::new(prior.clone());
+    // (rows, predicted churn, churned, spend) per segment, in Segment::ALL order.
+    let mut acc = [(0u64, 0.0f64, 0u64, 0.0f64); Segment::ALL.len()];
+    for i in 0..val.len() {
+        let x: [f64; crate::features::N_FEATURES] = val
+            .x
+            .row(i)
+            .try_into()
+            .unwrap_or([0.0; crate::features::N_FEATURES]);
+        let rhythm = Rhythm::from_features(&x, val.as_of(i), &model);
+        let seg = rules.segment(&segment_inputs(&x, &rhythm, p.churn[i]));
+        let a = &mut acc[Segment::ALL.iter().position(|s| *s == seg).unwrap_or(0)];
+        a.0 += 1;
+        a.1 += p.churn[i];
+        a.2 += u64::from(val.churned[i]);
+        a.3 += val.spend_next[i];
+    }
+    let total = val.len().max(1) as f64;
+    Segment::ALL
+        .iter()
+        .zip(acc)
+        .map(|(s, (n, churn, churned, spend))| {
+            let d = n.max(1) as f64;
+            SegmentRow {
+                segment: s.as_str().into(),
+                rows: n,
+                share: n as f64 / total,
+                mean_churn: churn / d,
+                realised_churn: churned as f64 / d,
+                mean_spend: spend / d,
+            }
+        })
+        .collect()
+}
