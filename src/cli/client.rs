@@ -222,11 +222,18 @@ fn response_text(r: &pb::ScoreResponse) -> String {
     if !r.segment_reason.is_empty() {
         s += &format!("  because         {}\n", r.segment_reason);
     }
+    let days = |d: f64| {
+        if d.round() == 1.0 {
+            "1 day".to_string()
+        } else {
+            format!("{d:.0} days")
+        }
+    };
     s += &format!(
-        "rhythm            usually every {:.0} days; next purchase due {}; {:.0} days overdue; silence longer than {:.0}% of their usual gaps\n",
-        r.typical_gap_days,
+        "rhythm            usually every {}; next purchase due {}; {} overdue; silence longer than {:.0}% of their usual gaps\n",
+        days(r.typical_gap_days),
         date(&r.expected_next_purchase),
-        r.days_overdue,
+        days(r.days_overdue),
         100.0 * r.overdue_percentile
     );
     s += &format!(
