@@ -213,7 +213,10 @@ async fn write_loop(
 ) -> SinkStats {
     let mut stats = SinkStats::default();
     let mut buf: Vec<Exposure> = Vec::new();
-    let mut tick = tokio::time::interval(opts.interval);
+    // The first tick a full interval from now: `interval` fires at once, which would write
+    // a first record alone in an object of its own.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // `due`: write now (a full batch, the interval, or closing).
