@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/loyalscore/v1/scoring.proto",
                 "proto/loyalscore/v1/registry.proto",
+                "proto/loyalscore/v1/state.proto",
                 "proto/inference/grpc_predict_v2.proto",
             ],
             &["proto"],

@@ -79,6 +79,28 @@ impl AliasArgs {
     }
 }
 
+/// Where live customer state is kept.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StateArgs {
+    /// Where live customer state is kept, for scoring by id: a file for the embedded store (one
+    /// replica), redis://host:port/db for Redis shared by every replica, or "off".
+    #[arg(long, env = "LOYALSCORE_STATE", default_value = "state/customers.redb")]
+    pub state: String,
+    /// Seconds a purchase event may arrive after a later one of the same customer and still be
+    /// folded in its place; older ones are refused as late.
+    #[arg(long, env = "LOYALSCORE_STATE_LATENESS_SECS", default_value_t = 3 * 86_400)]
+    pub state_lateness_secs: i64,
+}
+
+impl StateArgs {
+    pub fn off() -> Self {
+        StateArgs {
+            state: "off".into(),
+            state_lateness_secs: 3 * 86_400,
+        }
+    }
+}
+
 /// A transaction log to read.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct TransactionsArgs {

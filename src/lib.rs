@@ -14,5 +14,6 @@ pub mod registry;
 pub mod routing;
 pub mod scoring;
 pub mod server;
+pub mod state;
 pub mod time;
 pub mod trainer;

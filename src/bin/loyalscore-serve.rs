@@ -1,5 +1,11 @@
 //! `loyalscore-serve`: the gRPC scoring server.
 
+// The server holds many small, short-lived allocations across threads (request buffers,
+// customer states); glibc malloc's per-thread arenas fragment under that, and RSS doubled
+// in the state benchmark. mimalloc keeps it flat.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

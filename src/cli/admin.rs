@@ -42,6 +42,9 @@ pub enum Cmd {
     Score(super::client::ScoreArgs),
     /// Score every customer of a transaction log with a running server (CSV out).
     ScoreLog(super::score_log::ScoreLogArgs),
+    /// Live customer state: load a log, show a customer, erase one (GDPR).
+    #[command(subcommand)]
+    State(super::state::StateCmd),
     /// Load-test a running server (req/s and latency percentiles).
     Bench(super::bench::BenchArgs),
     /// Sample data, a trained version promoted to production, and a server on 127.0.0.1:50051.
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(a) => super::bench::runtime(&a)?.block_on(super::bench::run(a, json)),
         Cmd::Quickstart(a) => super::train::run_quickstart(a, &cli.registry, &rt),
         Cmd::Traffic(cmd) => rt.block_on(super::traffic::run(&open()?, cmd, json)),
+        Cmd::State(cmd) => super::state::run(cmd, &cli.registry.registry, json, &rt),
         Cmd::Models(cmd) => rt.block_on(models(&open()?, cmd, json)),
         Cmd::Alias(cmd) => rt.block_on(alias(&open()?, cmd, json)),
     }

@@ -14,10 +14,11 @@ use crate::flags::ServerArgs;
 use crate::proto::inference as v2;
 use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::v1 as pb;
+use crate::proto::v1::customer_state_client::CustomerStateClient;
 use crate::proto::v1::scoring_client::ScoringClient;
 use tonic_health::pb::health_client::HealthClient;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// Score with a feature vector inline.
     Features,
@@ -25,11 +26,17 @@ pub enum Mode {
     History,
     /// BatchScore with --batch-size feature vectors.
     Batch,
-    /// KServe V2 ModelInfer with a [--batch-size, 23] FP64 tensor (this server, MLServer,
+    /// KServe V2 ModelInfer with a [--batch-size, 29] FP64 tensor (this server, MLServer,
     /// Triton, ...).
     V2,
     /// grpc.health.v1 Check: the transport's floor on this machine, no model work.
     Health,
+    /// Score by customer id alone, from the server's stored state: ids C0000001 ... up to
+    /// --customers, in turn (load them first: loyalscore state load).
+    ById,
+    /// RecordPurchases with --batch-size new events a call, spread over --customers, timed
+    /// now (an event is "applied" only if it is not late for a customer already stored).
+    Record,
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +71,9 @@ pub struct BenchArgs {
     /// are latency), else one per core.
     #[arg(long, default_value_t = 0)]
     pub client_threads: usize,
+    /// Customers the by-id and record modes address (ids C0000001 onwards).
+    #[arg(long, default_value_t = 50_000)]
+    pub customers: usize,
     /// Model name sent in --mode v2 requests.
     #[arg(long, default_value = "loyalscore")]
     pub model: String,
@@ -92,7 +102,18 @@ fn names() -> Vec<String> {
     FEATURE_NAMES.iter().map(|s| s.to_string()).collect()
 }
 
+/// What each request is; the by-id and record modes vary it with the request's number.
 enum Req {
+    ById {
+        customers: usize,
+    },
+    Record {
+        batch: usize,
+        customers: usize,
+        /// The run's start: event ids carry it, so a second run records new events, not
+        /// replays. Events are timed when they are sent (after any history loaded).
+        base: i64,
+    },
     One(pb::ScoreRequest),
     Batch(pb::BatchScoreRequest),
     V2(v2::ModelInferRequest),
@@ -102,6 +123,7 @@ enum Req {
 /// Every client the modes need, over one channel.
 struct Clients {
     scoring: ScoringClient<Channel>,
+    state: CustomerStateClient<Channel>,
     v2: GrpcInferenceServiceClient<Channel>,
     health: HealthClient<Channel>,
 }
@@ -113,6 +135,9 @@ impl Clients {
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
             v2: GrpcInferenceServiceClient::new(ch.clone())
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+            state: CustomerStateClient::new(ch.clone())
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
             health: HealthClient::new(ch),
@@ -183,11 +208,71 @@ fn request(a: &BenchArgs) -> Req {
             ..Default::default()
         }),
         Mode::Health => Req::Health,
+        Mode::ById => Req::ById {
+            customers: a.customers.max(1),
+        },
+        Mode::Record => Req::Record {
+            batch: a.batch_size.max(1),
+            customers: a.customers.max(1),
+            base: now,
+        },
     }
 }
 
-async fn send(c: &mut Clients, r: &Req) -> bool {
+/// The `n`-th request of loop `lane` of a varying mode.
+fn varied(r: &Req, lane: usize, n: u64) -> Option<Varied> {
+    let id = |k: u64, customers: usize| format!("C{:07}", k % customers as u64 + 1);
+    match *r {
+        Req::ById { customers } => Some(Varied::Score(pb::ScoreRequest {
+            customer_id: id(n * 7919 + lane as u64, customers),
+            ..Default::default()
+        })),
+        Req::Record {
+            batch,
+            customers,
+            base,
+        } => Some(Varied::Record(pb::RecordPurchasesRequest {
+            events: {
+                let sent = chrono::Utc::now().timestamp();
+                (0..batch as u64)
+                    .map(|i| pb::PurchaseEvent {
+                        customer_id: id(n * batch as u64 + i + lane as u64 * 104_729, customers),
+                        event_id: format!("bench-{base}-{lane}-{n}-{i}"),
+                        transaction: Some(pb::Transaction {
+                            time: Some(prost_types::Timestamp {
+                                seconds: sent,
+                                nanos: 0,
+                            }),
+                            amount: 25.0,
+                            ..Default::default()
+                        }),
+                    })
+                    .collect()
+            },
+        })),
+        _ => None,
+    }
+}
+
+enum Varied {
+    Score(pb::ScoreRequest),
+    Record(pb::RecordPurchasesRequest),
+}
+
+async fn send(c: &mut Clients, r: &Req, v: Option<Varied>) -> bool {
+    match v {
+        Some(Varied::Score(x)) => return c.scoring.score(x).await.is_ok(),
+        Some(Varied::Record(x)) => {
+            return c
+                .state
+                .record_purchases(x)
+                .await
+                .is_ok_and(|r| r.into_inner().applied > 0)
+        }
+        None => {}
+    }
     match r {
+        Req::ById { .. } | Req::Record { .. } => false,
         Req::One(x) => c.scoring.score(x.clone()).await.is_ok(),
         Req::Batch(x) => c
             .scoring
@@ -254,7 +339,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
             let client = Clients::new(channels[i % channels.len()].clone());
             tokio::spawn(request_loop(
                 client,
-                req.clone(),
+                (req.clone(), i),
                 a.warmup,
                 per_loop,
                 duration,
@@ -266,7 +351,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
         all.add(t.await??)?;
     }
     let per_request = match a.mode {
-        Mode::Batch | Mode::V2 => a.batch_size as u64,
+        Mode::Batch | Mode::V2 | Mode::Record => a.batch_size as u64,
         _ => 1,
     };
     print_tally(&a, &all, per_request, started.elapsed(), json);
@@ -306,20 +391,26 @@ impl Tally {
 /// `duration`.
 async fn request_loop(
     mut client: Clients,
-    req: std::sync::Arc<Req>,
+    (req, lane): (std::sync::Arc<Req>, usize),
     warmup: u64,
     n: u64,
     duration: Duration,
 ) -> anyhow::Result<Tally> {
+    let mut seq = 0u64;
     for _ in 0..warmup {
-        send(&mut client, &req).await;
+        let v = varied(&req, lane, seq);
+        seq += 1;
+        send(&mut client, &req, v).await;
     }
     let deadline = Instant::now() + duration;
     let mut t = Tally::new()?;
     let t0 = Instant::now();
     while t.requests < n && Instant::now() < deadline {
+        // A varying request is built before the clock starts: only the call is measured.
+        let v = varied(&req, lane, seq);
+        seq += 1;
         let at = Instant::now();
-        if !send(&mut client, &req).await {
+        if !send(&mut client, &req, v).await {
             t.errors += 1;
         }
         let _ = t.histogram.record(at.elapsed().as_micros().max(1) as u64);
@@ -363,8 +454,13 @@ fn print_tally(a: &BenchArgs, t: &Tally, per_request: u64, wall: Duration, json:
         secs,
         wall.as_secs_f64()
     );
+    let rows = if a.mode == Mode::Record {
+        "events"
+    } else {
+        "customers"
+    };
     println!(
-        "throughput {:.0} req/s, {:.0} customers/s, errors {}",
+        "throughput {:.0} req/s, {:.0} {rows}/s, errors {}",
         t.requests as f64 / secs,
         (t.requests * per_request) as f64 / secs,
         t.errors

@@ -13,7 +13,8 @@ use crate::time::parse_timestamp;
 pub struct ScoreArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// The customer's id (overrides the one in --file).
+    /// The customer's id (overrides the one in --file). Alone, without --feature or --file,
+    /// the server scores them from their stored state.
     #[arg(long)]
     pub customer_id: Option<String>,
     /// A feature value, NAME=VALUE; repeat for every feature of the schema.
@@ -126,12 +127,16 @@ fn request(a: &ScoreArgs) -> anyhow::Result<pb::ScoreRequest> {
             );
         }
         if names.is_empty() {
-            bail!("give --feature NAME=VALUE (repeated) or --file REQUEST.json");
+            if a.customer_id.is_none() {
+                bail!("give --customer-id (scored from the server's stored state), --feature NAME=VALUE (repeated) or --file REQUEST.json");
+            }
+            // No input: the server scores the customer from their stored state.
+        } else {
+            req.input = Some(pb::score_request::Input::Features(pb::Features {
+                names,
+                values,
+            }));
         }
-        req.input = Some(pb::score_request::Input::Features(pb::Features {
-            names,
-            values,
-        }));
     }
     if let Some(id) = &a.customer_id {
         req.customer_id = id.clone();

@@ -7,6 +7,7 @@ pub mod client;
 pub mod progress;
 pub mod score_log;
 pub mod serve;
+pub mod state;
 pub mod traffic;
 pub mod train;
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use object_store::ObjectStoreExt;
 
-use crate::flags::{self, AliasArgs, LogArgs, RegistryArgs, TransactionsArgs};
+use crate::flags::{self, AliasArgs, LogArgs, RegistryArgs, StateArgs, TransactionsArgs};
 use crate::model::SegmentRules;
 use crate::model::BUNDLE_FILE;
 use crate::registry::{open_store, Registry};
@@ -107,6 +107,9 @@ pub struct QuickstartArgs {
     /// Stop after promoting (do not start the server).
     #[arg(long)]
     pub no_serve: bool,
+    /// The sample data goes into this live state too, for scoring by customer id.
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -305,22 +308,12 @@ pub fn run_quickstart(
     ])?;
     let version = run_fit(fit)?.context("the quickstart publishes a version")?;
     let url = &registry.registry;
-    let registry = Registry::open(url)?;
-    let mv = crate::registry::Move {
-        actor: std::env::var("USER").unwrap_or_else(|_| "quickstart".into()),
-        reason: "quickstart".into(),
-    };
-    match rt.block_on(registry.set_alias(
-        "production",
-        &version,
-        &crate::registry::Expect::Any,
-        &mv,
-    )) {
-        Ok(r) => println!("production -> {} (move {})", r.version, r.seq),
-        Err(e) => return Err(e.into()),
-    }
+    promote_to_production(url, &version, rt)?;
     let example = a.data.with_file_name("example-request.json");
-    write_example(&a.data, &example)?;
+    let (example_id, example_as_of) = write_example(&a.data, &example)?;
+    if a.state.state != "off" {
+        load_sample_state(&data, &a.state, rt)?;
+    }
     if a.no_serve {
         return Ok(());
     }
@@ -334,6 +327,11 @@ pub fn run_quickstart(
         "  cargo run --release -- score --file {} --explain",
         example.display()
     );
+    if a.state.state != "off" {
+        println!(
+            "  cargo run --release -- score --customer-id {example_id} --as-of {example_as_of}"
+        );
+    }
     println!();
     let config = super::serve::Cli::try_parse_from([
         "serve",
@@ -345,14 +343,56 @@ pub fn run_quickstart(
         "off",
         "--log",
         "warn",
+        "--state",
+        &a.state.state,
+        "--state-lateness-secs",
+        &a.state.state_lateness_secs.to_string(),
     ])?
     .config;
     rt.block_on(super::serve::run(config))
 }
 
+fn promote_to_production(
+    url: &str,
+    version: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let mv = crate::registry::Move {
+        actor: std::env::var("USER").unwrap_or_else(|_| "quickstart".into()),
+        reason: "quickstart".into(),
+    };
+    let r = rt.block_on(Registry::open(url)?.set_alias(
+        "production",
+        version,
+        &crate::registry::Expect::Any,
+        &mv,
+    ))?;
+    println!("production -> {} (move {})", r.version, r.seq);
+    Ok(())
+}
+
+/// The sample data into the live state, for scoring by customer id.
+fn load_sample_state(
+    data: &str,
+    state: &StateArgs,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let transactions = TransactionsArgs {
+        transactions: data.to_string(),
+        max_bad_share: 0.01,
+    };
+    let log = load_log(&transactions, rt)?;
+    let (customers, events) = rt.block_on(super::state::load(&log, state))?;
+    println!(
+        "live state: {events} transactions of {customers} customers in {}",
+        state.state
+    );
+    Ok(())
+}
+
 /// A ready-to-send request: the history of the busiest of the first sample customers, as of
-/// the end of the sample data.
-fn write_example(data: &Path, out: &Path) -> anyhow::Result<()> {
+/// the end of the sample data. That customer and day.
+fn write_example(data: &Path, out: &Path) -> anyhow::Result<(String, String)> {
     let mut rdr =
         csv::Reader::from_path(data).with_context(|| format!("reading {}", data.display()))?;
     let mut by: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
@@ -381,7 +421,7 @@ fn write_example(data: &Path, out: &Path) -> anyhow::Result<()> {
     let req = serde_json::json!({ "customer_id": id, "as_of": as_of, "history": history });
     std::fs::write(out, serde_json::to_string_pretty(&req)?)
         .with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    Ok((id, as_of))
 }
 
 fn run_offline_score(a: OfflineScoreArgs) -> anyhow::Result<()> {

@@ -41,6 +41,27 @@ pub enum ScoringError {
     VersionUnusable { version: String, reason: String },
     #[error("no model version is loaded yet")]
     NotReady,
+    /// Scored by id, but the state store holds nothing for the customer.
+    #[error("customer {0} has no stored state: record their purchases first, or send history or features")]
+    CustomerNotFound(String),
+    /// The state store cannot be read now: worth retrying.
+    #[error("the customer state store is unavailable: {0}")]
+    StateUnavailable(String),
+    /// The stored state cannot be used (another feature schema, or corrupt).
+    #[error("the customer's stored state cannot be used: {0}")]
+    StateUnusable(String),
+}
+
+impl From<crate::state::StateError> for ScoringError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError as S;
+        match e {
+            S::Schema { .. } | S::Corrupt(_) | S::Features(_) => {
+                ScoringError::StateUnusable(e.to_string())
+            }
+            other => ScoringError::StateUnavailable(other.to_string()),
+        }
+    }
 }
 
 impl ScoringError {
@@ -324,6 +345,20 @@ impl NamePlan {
     }
 }
 
+/// Checks a transaction's ranges; the error names the field under `at`
+/// (`history.transactions[3].amount`).
+pub fn check_transaction(t: &Transaction, at: &str) -> Result<(), ScoringError> {
+    t.validate().map_err(|e| {
+        let field = match &e {
+            FeatureError::TimestampOutOfRange(_) => "time",
+            FeatureError::BadAmount(_) => "amount",
+            FeatureError::BadPoints { field, .. } => field,
+            _ => "",
+        };
+        ScoringError::invalid(format!("{at}.{field}"), e.to_string())
+    })
+}
+
 /// Refuses a batch of more customers than the limit (BatchScore items, KServe V2 rows).
 pub fn check_batch_len(field: &str, n: usize, limits: &Limits) -> Result<(), ScoringError> {
     if n > limits.max_batch {
@@ -367,15 +402,7 @@ pub fn features_from_history(
     }
     check_history_len(txs.len(), limits)?;
     for (i, t) in txs.iter().enumerate() {
-        if let Err(e) = t.validate() {
-            let (field, msg) = match e {
-                FeatureError::TimestampOutOfRange(_) => ("time", e.to_string()),
-                FeatureError::BadAmount(_) => ("amount", e.to_string()),
-                FeatureError::BadPoints { field, .. } => (field, e.to_string()),
-                other => ("", other.to_string()),
-            };
-            return Err(ScoringError::invalid(format!("{FIELD}[{i}].{field}"), msg));
-        }
+        check_transaction(t, &format!("{FIELD}[{i}]"))?;
         if !crate::features::is_history(t.ts, as_of) {
             return Err(ScoringError::invalid(
                 format!("{FIELD}[{i}].time"),

@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use crate::flags::{AliasArgs, LogArgs, RegistryArgs};
+use crate::flags::{AliasArgs, LogArgs, RegistryArgs, StateArgs};
 use crate::scoring::Limits;
 
 /// Every server setting; each flag can also be set by its environment variable.
@@ -60,6 +60,8 @@ pub struct Config {
     /// dropped and counted.
     #[arg(long, env = "LOYALSCORE_SHADOW_QUEUE", default_value_t = 10_000)]
     pub shadow_queue: usize,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 impl Config {

@@ -12,8 +12,13 @@ pub fn scoring_code(e: &ScoringError) -> Code {
     match e {
         ScoringError::Invalid { .. } => Code::InvalidArgument,
         ScoringError::VersionNotFound(_) => Code::NotFound,
-        ScoringError::VersionUnavailable { .. } | ScoringError::NotReady => Code::Unavailable,
-        ScoringError::VersionUnusable { .. } => Code::FailedPrecondition,
+        ScoringError::VersionUnavailable { .. }
+        | ScoringError::NotReady
+        | ScoringError::StateUnavailable(_) => Code::Unavailable,
+        ScoringError::VersionUnusable { .. } | ScoringError::StateUnusable(_) => {
+            Code::FailedPrecondition
+        }
+        ScoringError::CustomerNotFound(_) => Code::NotFound,
     }
 }
 
@@ -83,21 +88,68 @@ pub fn transactions(h: &pb::History, limits: &Limits) -> Result<Vec<Transaction>
     h.transactions
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            let field = format!("history.transactions[{i}].time");
-            let time = t
-                .time
-                .as_ref()
-                .ok_or_else(|| ScoringError::invalid(field.clone(), "is missing"))?;
-            Ok(Transaction {
-                ts: timestamp(time, &field)?,
-                amount: t.amount,
-                points_earned: t.points_earned,
-                points_redeemed: t.points_redeemed,
-                channel: channel_id(&t.channel),
-            })
-        })
+        .map(|(i, t)| transaction(t, &format!("history.transactions[{i}]")))
         .collect()
+}
+
+/// Converts one transaction; errors name its fields under `at`.
+pub fn transaction(t: &pb::Transaction, at: &str) -> Result<Transaction, ScoringError> {
+    let field = format!("{at}.time");
+    let time = t
+        .time
+        .as_ref()
+        .ok_or_else(|| ScoringError::invalid(field.clone(), "is missing"))?;
+    Ok(Transaction {
+        ts: timestamp(time, &field)?,
+        amount: t.amount,
+        points_earned: t.points_earned,
+        points_redeemed: t.points_redeemed,
+        channel: channel_id(&t.channel),
+    })
+}
+
+/// A RecordPurchases event, checked: ids bounded, the transaction valid.
+/// A purchase event for the live state; `now` bounds how far ahead its time may be.
+pub fn event(
+    e: &pb::PurchaseEvent,
+    i: usize,
+    now: i64,
+) -> Result<crate::state::Event, ScoringError> {
+    let at = format!("events[{i}]");
+    if e.customer_id.is_empty() || e.customer_id.len() > 256 {
+        return Err(ScoringError::invalid(
+            format!("{at}.customer_id"),
+            "must be 1 to 256 bytes",
+        ));
+    }
+    if e.event_id.is_empty() || e.event_id.len() > 128 {
+        return Err(ScoringError::invalid(
+            format!("{at}.event_id"),
+            "must be 1 to 128 bytes",
+        ));
+    }
+    let t = e
+        .transaction
+        .as_ref()
+        .ok_or_else(|| ScoringError::invalid(format!("{at}.transaction"), "is missing"))?;
+    let at = format!("{at}.transaction");
+    let tx = transaction(t, &at)?;
+    crate::scoring::check_transaction(&tx, &at)?;
+    let ahead = tx.ts - now;
+    if ahead > crate::state::MAX_AHEAD_SECS {
+        return Err(ScoringError::invalid(
+            format!("{at}.time"),
+            format!(
+                "is {ahead} s ahead of the server's clock (at most {} s is accepted)",
+                crate::state::MAX_AHEAD_SECS
+            ),
+        ));
+    }
+    Ok(crate::state::Event {
+        customer_id: e.customer_id.clone(),
+        event_id: e.event_id.clone(),
+        tx,
+    })
 }
 
 /// Churn reasons carry their contribution as `churn_contribution`, CLV reasons as

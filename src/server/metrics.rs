@@ -39,6 +39,10 @@ pub struct Metrics {
     pub shadow_clv_diff: HistogramVec,
     /// Exposure records by result (queued, dropped).
     pub exposures: IntCounterVec,
+    /// Purchase events by outcome (applied, duplicate, late, rejected).
+    pub state_events: IntCounterVec,
+    /// State store calls by operation (get, apply), in seconds.
+    pub state_latency: HistogramVec,
 }
 
 /// The gRPC code's name as a metric label (and in BatchScore item errors).
@@ -176,8 +180,21 @@ impl Metrics {
             "exposure log records by result (queued, dropped)",
             &["result"],
         );
+        let state_events = counter(
+            "state_events_total",
+            "purchase events recorded into the customer state, by outcome",
+            &["outcome"],
+        );
+        let state_latency = histogram(
+            "state_store_duration_seconds",
+            "customer state store calls by operation",
+            &["op"],
+            latency_buckets(),
+        );
         Metrics {
             registry,
+            state_events,
+            state_latency,
             requests,
             latency,
             batch_items,

@@ -4,6 +4,7 @@
 //! [`serve`] takes bound listeners and a shutdown future, so tests run the real server on
 //! `127.0.0.1:0`.
 
+mod auth;
 mod config;
 mod convert;
 mod metrics;
@@ -11,6 +12,7 @@ mod models;
 mod registry_api;
 mod scoring_api;
 mod shadow;
+mod state_api;
 mod v2_api;
 
 use std::future::Future;
@@ -38,6 +40,7 @@ pub const AFTER_DRAIN: Duration = Duration::from_secs(8);
 
 use crate::exposure::{ExposureLog, Writer};
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::proto::v1::customer_state_server::CustomerStateServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::v1::scoring_server::ScoringServer;
 use crate::registry::{Registry, RegistryError};
@@ -56,6 +59,8 @@ pub enum ServerError {
     Exposure(#[from] crate::exposure::ExposureError),
     #[error("--exposure-log needs --exposure-key (LOYALSCORE_EXPOSURE_KEY)")]
     ExposureKeyMissing,
+    #[error("customer state (--state): {0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// Runs the server on `grpc` (and `metrics`, if given) until `shutdown` resolves, then drains
@@ -88,14 +93,31 @@ pub async fn serve(
         }))
     });
     let (shadows, shadow_task) = shadow::Shadows::start(config.shadow_queue, metrics.clone());
+    let state = crate::state::open(&config.state.state).await?;
+    if state.is_some() {
+        tracing::info!(state = %config.state.state, "customer state on: Score by customer id, RecordPurchases");
+    }
     let scoring = scoring_api::ScoringService {
         models: models.clone(),
         metrics: metrics.clone(),
         limits: config.limits(),
         shadows,
         exposures,
+        state: state.clone(),
     };
-    let router = services(&config, &models, &metrics, scoring)?.add_service(health_service);
+    let state_service = state_api::StateService {
+        store: state,
+        metrics: metrics.clone(),
+        limits: config.limits(),
+        lateness: config.state.state_lateness_secs.max(0),
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+    };
+    let router = services(&config, &models, &metrics, scoring)?
+        .add_service(health_service)
+        .add_service(
+            CustomerStateServer::new(state_service)
+                .max_decoding_message_size(config.max_message_bytes),
+        );
 
     let addr = grpc.local_addr()?;
     tracing::info!(%addr, registry = %config.registry.registry, alias = %config.alias.alias, "serving gRPC");

@@ -16,26 +16,9 @@ pub struct RegistryService {
     pub token: String,
 }
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl RegistryService {
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !given.is_empty() && same(given.as_bytes(), self.token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(
-                "the Registry service needs `authorization: Bearer <admin token>`",
-            ))
-        }
+        super::auth::require_bearer(req, &self.token, "the Registry service")
     }
 
     fn alias_or_default(&self, alias: &str) -> String {

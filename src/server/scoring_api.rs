@@ -16,6 +16,7 @@ use crate::proto::v1::scoring_server::Scoring;
 use crate::registry::HOLDOUT_ARM;
 use crate::routing::{Route, Routing};
 use crate::scoring::{self, Explain, Limits, Locale, Model, NamePlan, ScoringError};
+use crate::state::{CustomerState, CustomerStore};
 use crate::time::fmt_ts;
 
 pub struct ScoringService {
@@ -24,7 +25,12 @@ pub struct ScoringService {
     pub limits: Limits,
     pub shadows: Shadows,
     pub exposures: Option<ExposureLog>,
+    /// Live customer state, for items scored by id alone.
+    pub state: Option<Arc<dyn CustomerStore>>,
 }
+
+/// An item scored by id: its stored state as read (or why it could not be).
+type Stored = Result<Option<CustomerState>, ScoringError>;
 
 /// What a request (or a batch) reads once, so a swap mid-batch never mixes states.
 struct Snapshot {
@@ -123,14 +129,14 @@ impl ScoringService {
         &self,
         item: pb::ScoreRequest,
         snap: &Snapshot,
-        batch_names: &BatchNames,
+        (batch_names, stored): (&BatchNames, Option<Stored>),
         now: i64,
         start: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ScoringError> {
         check_customer_id(&item.customer_id)?;
         let locale = Locale::parse(&item.locale)?;
         let who = self.answerer(&item, snap).await?;
-        let (f, as_of) = self.features(&item, who.model(), batch_names, now)?;
+        let (f, as_of) = self.features(&item, who.model(), (batch_names, stored), now)?;
         let (routing, arm, resp) = match who {
             Answerer::Plain(model) => return Ok(self.scored(&model, item, &f, as_of, locale)),
             Answerer::Arm {
@@ -160,7 +166,7 @@ impl ScoringService {
         &self,
         item: &pb::ScoreRequest,
         model: &Model,
-        batch_names: &BatchNames,
+        (batch_names, stored): (&BatchNames, Option<Stored>),
         now: i64,
     ) -> Result<(FeatureVector, i64), ScoringError> {
         match &item.input {
@@ -181,11 +187,68 @@ impl ScoringService {
                 let f = scoring::features_from_history(&txs, as_of, &self.limits)?;
                 Ok((f, as_of))
             }
-            None => Err(ScoringError::invalid(
-                "input",
-                "give either features or history",
-            )),
+            None => {
+                let state = stored.unwrap_or_else(|| Err(no_state()))?;
+                let state = state
+                    .ok_or_else(|| ScoringError::CustomerNotFound(item.customer_id.clone()))?;
+                let as_of = match &item.as_of {
+                    Some(t) => convert::timestamp(t, "as_of")?,
+                    None => state.scored_at(now),
+                };
+                let summary = state
+                    .summary()
+                    .map_err(|e| ScoringError::StateUnusable(e.to_string()))?;
+                let f = summary.features(as_of).map_err(|_| {
+                    ScoringError::invalid(
+                        "as_of",
+                        "is not after the customer's last stored transaction",
+                    )
+                })?;
+                Ok((f, as_of))
+            }
         }
+    }
+
+    /// The stored states of the items scored by id (one read for the whole batch); `None`
+    /// for the others.
+    async fn fetch_stored(&self, items: &[pb::ScoreRequest]) -> Vec<Option<Stored>> {
+        let by_id: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].input.is_none())
+            .collect();
+        let mut out: Vec<Option<Stored>> = (0..items.len()).map(|_| None).collect();
+        if by_id.is_empty() {
+            return out;
+        }
+        let Some(store) = &self.state else {
+            for i in by_id {
+                out[i] = Some(Err(no_state()));
+            }
+            return out;
+        };
+        let ids: Vec<&str> = by_id
+            .iter()
+            .map(|&i| items[i].customer_id.as_str())
+            .collect();
+        let started = Instant::now();
+        let got = store.get_many(&ids).await;
+        self.metrics
+            .state_latency
+            .with_label_values(&["get"])
+            .observe(started.elapsed().as_secs_f64());
+        match got {
+            Ok(states) => {
+                for (i, s) in by_id.into_iter().zip(states) {
+                    out[i] = Some(Ok(s));
+                }
+            }
+            Err(e) => {
+                let e = ScoringError::from(e);
+                for i in by_id {
+                    out[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// An arm's answer in the experiment's histograms, and queued for its shadows.
@@ -296,6 +359,13 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+fn no_state() -> ScoringError {
+    ScoringError::invalid(
+        "input",
+        "give features or history: this server keeps no customer state to score by id (--state off)",
+    )
+}
+
 #[tonic::async_trait]
 impl Scoring for ScoringService {
     async fn score(
@@ -305,7 +375,14 @@ impl Scoring for ScoringService {
         let start = Instant::now();
         let item = req.into_inner();
         let snap = self.snapshot();
-        let result = self.score_one(item, &snap, &None, now(), Some(start)).await;
+        let stored = self
+            .fetch_stored(std::slice::from_ref(&item))
+            .await
+            .pop()
+            .flatten();
+        let result = self
+            .score_one(item, &snap, (&None, stored), now(), Some(start))
+            .await;
         let (code, version) = match &result {
             Ok(r) => (Code::Ok, r.model_version.as_str()),
             Err(e) => (convert::scoring_code(e), snap.version()),
@@ -334,8 +411,12 @@ impl Scoring for ScoringService {
             .then(|| NamePlan::new(&FeatureSchema::current(), &batch.feature_names));
         let mut results = Vec::with_capacity(batch.items.len());
         let (mut ok, mut failed) = (0u64, 0u64);
-        for (index, item) in batch.items.into_iter().enumerate() {
-            let result = match self.score_one(item, &snap, &plan, now, None).await {
+        let stored = self.fetch_stored(&batch.items).await;
+        for (index, (item, stored)) in batch.items.into_iter().zip(stored).enumerate() {
+            let result = match self
+                .score_one(item, &snap, (&plan, stored), now, None)
+                .await
+            {
                 Ok(s) => {
                     ok += 1;
                     pb::batch_item::Result::Score(s)

@@ -311,6 +311,7 @@ async fn quickstart_score_client_and_offline_scoring() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data/sample.csv");
     let reg = dir.path().join("models");
+    let state = dir.path().join("state/customers.redb");
     let bin = env!("CARGO_BIN_EXE_loyalscore");
     let out = tokio::process::Command::new(bin)
         .args([
@@ -322,16 +323,23 @@ async fn quickstart_score_client_and_offline_scoring() {
             data.to_str().unwrap(),
             "--registry",
             reg.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
         ])
         .output()
         .await
         .unwrap();
     let stdout = ok(&out);
     assert!(stdout.contains("production -> v"), "{stdout}");
+    assert!(stdout.contains("live state: "), "{stdout}");
     let example = dir.path().join("data/example-request.json");
     assert!(example.exists());
 
-    let server = crate::server::TestServer::start(reg.to_str().unwrap(), |_| {}).await;
+    let stored = state.to_str().unwrap().to_string();
+    let server = crate::server::TestServer::start(reg.to_str().unwrap(), move |c| {
+        c.state.state = stored;
+    })
+    .await;
     for _ in 0..100 {
         if server.health("").await
             == tonic_health::pb::health_check_response::ServingStatus::Serving
@@ -359,6 +367,35 @@ async fn quickstart_score_client_and_offline_scoring() {
     assert!((0.0..=1.0).contains(&p), "{v}");
     assert_eq!(v["reasons"].as_array().unwrap().len(), 3, "{v}");
     assert!(v["model_version"].as_str().unwrap().starts_with('v'));
+
+    // The same customer by id alone, from the state the quickstart loaded: the same answer
+    // as their history sent in the request.
+    let req: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "--json",
+            "score",
+            "--server",
+            &addr,
+            "--customer-id",
+            req["customer_id"].as_str().unwrap(),
+            "--as-of",
+            req["as_of"].as_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let by_id: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    for field in [
+        "churn_probability",
+        "clv",
+        "segment",
+        "days_overdue",
+        "contact_by",
+    ] {
+        assert_eq!(by_id[field], v[field], "{field}: {by_id} vs {v}");
+    }
 
     // Flags form, with a wrong feature: a clear error from the server, non-zero exit.
     let out = tokio::process::Command::new(bin)

@@ -45,6 +45,7 @@ fn a_broken_value_fails_the_check() {
         ("server.pollIntervalSecs=0", "/server/pollIntervalSecs"),
         ("server.unknownFlag=1", "unknownFlag"),
         ("server.exposureLog=\"s3://b/x\"", "exposureKey"),
+        ("server.state=\"/var/lib/state.redb\"", "/server/state"),
     ] {
         let out = check(&["--set", set]);
         assert!(!out.status.success(), "{set} should fail the check");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loyalscore::features::{FEATURE_NAMES, N_FEATURES};
-use loyalscore::flags::{LogArgs, RegistryArgs};
+use loyalscore::flags::{LogArgs, RegistryArgs, StateArgs};
 use loyalscore::proto::v1 as pb;
 use loyalscore::proto::v1::registry_client::RegistryClient;
 use loyalscore::proto::v1::scoring_client::ScoringClient;
@@ -38,6 +38,7 @@ impl TestServer {
         config.drain_secs = 5;
         config.log = LogArgs::new("warn");
         config.admin_token = Some(TOKEN.into());
+        config.state = StateArgs::off();
         tweak(&mut config);
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
