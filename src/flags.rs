@@ -112,6 +112,41 @@ pub struct TransactionsArgs {
     /// Stop with an error when more than this share of the rows is bad (0 to 1; 0.01 = 1 %).
     #[arg(long, default_value_t = 0.01, value_parser = share)]
     pub max_bad_share: f64,
+    /// Field delimiter: comma, semicolon or tab. Default: the one the header line uses.
+    #[arg(long, value_parser = crate::trainer::dialect::parse_delimiter)]
+    pub delimiter: Option<u8>,
+    /// Read 23,45 as 23.45 (and 1.234,56 as 1234.56). Default: on in semicolon-delimited
+    /// files, as European spreadsheets write them, off otherwise.
+    #[arg(long)]
+    pub decimal_comma: bool,
+    /// Time zone of zone-less date-times such as 2023-01-01 08:23:01 (an IANA name:
+    /// Europe/Berlin). Dates and RFC 3339 times with an offset are not shifted.
+    #[arg(long, default_value = "UTC", value_parser = crate::time::parse_timezone)]
+    pub timezone: chrono_tz::Tz,
+}
+
+impl TransactionsArgs {
+    pub fn new(transactions: impl Into<String>) -> Self {
+        TransactionsArgs {
+            transactions: transactions.into(),
+            max_bad_share: 0.01,
+            delimiter: None,
+            decimal_comma: false,
+            timezone: chrono_tz::Tz::UTC,
+        }
+    }
+
+    /// What the loader is told; what is not forced is detected from the file.
+    pub fn load_options(&self) -> crate::trainer::LoadOptions {
+        crate::trainer::LoadOptions {
+            max_bad_share: self.max_bad_share,
+            dialect: crate::trainer::dialect::DialectOptions {
+                delimiter: self.delimiter,
+                decimal_comma: self.decimal_comma.then_some(true),
+                timezone: self.timezone,
+            },
+        }
+    }
 }
 
 /// `--as-of`: a date means the end of that day, so purchases on it are history; an RFC 3339

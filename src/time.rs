@@ -1,17 +1,52 @@
 //! Dates and timestamps as users write them (CSV files, `--as-of`, JSON requests) and as we
 //! print them. Shared by the trainer, the command line and the server.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
 
 use crate::features::DAY;
 
-/// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339, to Unix seconds.
+/// The forms a timestamp may take, for messages.
+pub const TIMESTAMP_FORMS: &str = "YYYY-MM-DD, YYYY-MM-DD HH:MM[:SS[.fff]] or RFC 3339";
+
+/// Parses a timestamp given in UTC or with its own offset ([`parse_timestamp_in`] with UTC).
 pub fn parse_timestamp(s: &str) -> Option<i64> {
+    parse_timestamp_in(s, Tz::UTC)
+}
+
+/// Parses `YYYY-MM-DD` (a calendar day: midnight UTC, whatever `tz`, so that a day stays the
+/// day it was written as), RFC 3339 (its own offset), or a zone-less `YYYY-MM-DD HH:MM[:SS
+/// [.fff]]` (also with `T`), which is read as wall-clock time in `tz`. Returns Unix seconds.
+pub fn parse_timestamp_in(s: &str, tz: Tz) -> Option<i64> {
     let s = s.trim();
     if s.len() == 10 {
         return parse_date(s);
     }
-    DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp())
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Some(d.timestamp());
+    }
+    let local = [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())?;
+    // A wall-clock time skipped by a daylight-saving change is read as the hour after it.
+    tz.from_local_datetime(&local)
+        .earliest()
+        .or_else(|| {
+            tz.from_local_datetime(&(local + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .map(|d| d.timestamp())
+}
+
+/// Parses a `--timezone` value: an IANA zone name such as Europe/Berlin, or UTC.
+pub fn parse_timezone(s: &str) -> Result<Tz, String> {
+    s.trim().parse::<Tz>().map_err(|_| {
+        format!("{s:?} is not an IANA time zone (such as UTC, Europe/Berlin, America/New_York)")
+    })
 }
 
 fn parse_date(s: &str) -> Option<i64> {
@@ -71,5 +106,36 @@ mod tests {
             "1997-09-30"
         );
         assert_eq!(fmt_ts(DAY + 10), "1970-01-02T00:00:10Z");
+    }
+
+    #[test]
+    fn zone_less_times_are_wall_clock_in_the_zone_given() {
+        let utc = |s| parse_timestamp(s);
+        assert_eq!(utc("1970-01-02 00:00:10"), Some(DAY + 10));
+        assert_eq!(utc("1970-01-02T00:00:10.750"), Some(DAY + 10));
+        assert_eq!(utc("1970-01-02 00:01"), Some(DAY + 60));
+        let berlin = parse_timezone("Europe/Berlin").unwrap();
+        // Winter is UTC+1, summer UTC+2.
+        assert_eq!(
+            parse_timestamp_in("2023-01-01 08:23:01", berlin),
+            parse_timestamp("2023-01-01T07:23:01Z")
+        );
+        assert_eq!(
+            parse_timestamp_in("2023-07-01 08:00:00", berlin),
+            parse_timestamp("2023-07-01T06:00:00Z")
+        );
+        // 02:30 on 2023-03-26 does not exist in Berlin: the clocks jump from 02:00 to 03:00.
+        assert_eq!(
+            parse_timestamp_in("2023-03-26 02:30:00", berlin),
+            parse_timestamp("2023-03-26T01:30:00Z")
+        );
+        // Dates stay calendar days, and an explicit offset wins over the zone.
+        assert_eq!(parse_timestamp_in("1970-01-02", berlin), Some(DAY));
+        assert_eq!(
+            parse_timestamp_in("1970-01-02T00:00:00Z", berlin),
+            Some(DAY)
+        );
+        assert_eq!(utc("2023-01-01 25:00:00"), None);
+        assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("IANA"));
     }
 }

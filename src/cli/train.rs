@@ -16,8 +16,7 @@ use crate::registry::{open_store, Registry};
 use crate::time::parse_timestamp;
 use crate::trainer::generate::{generate, write_truth, GenerateOptions};
 use crate::trainer::{
-    self, report, CalibrationMethod, FitOptions, LoadOptions, Overrides, RunInfo, SplitOptions,
-    TrainError,
+    self, report, CalibrationMethod, FitOptions, Overrides, RunInfo, SplitOptions, TrainError,
 };
 
 use super::progress::{bar, Bars};
@@ -377,11 +376,7 @@ fn load_sample_state(
     state: &StateArgs,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
-    let transactions = TransactionsArgs {
-        transactions: data.to_string(),
-        max_bad_share: 0.01,
-    };
-    let log = load_log(&transactions, rt)?;
+    let log = load_log(&TransactionsArgs::new(data), rt)?;
     let (customers, events) = rt.block_on(super::state::load(&log, state))?;
     println!(
         "live state: {events} transactions of {customers} customers in {}",
@@ -532,13 +527,11 @@ pub(crate) fn load_log(
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<trainer::TransactionLog> {
     let src = t.transactions.as_str();
-    let max_bad_share = t.max_bad_share;
     let (reader, len) = open_transactions(src, rt)?;
     let pb = bar("reading transactions", len, true);
     let pb2 = pb.clone();
-    let log = trainer::load_transactions(reader, src, &LoadOptions { max_bad_share }, move |b| {
-        pb2.set_position(b)
-    })?;
+    let log =
+        trainer::load_transactions(reader, src, &t.load_options(), move |b| pb2.set_position(b))?;
     pb.finish_and_clear();
     Ok(log)
 }

@@ -6,8 +6,9 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
+use super::dialect::{delimiter_name, Dialect, DialectOptions, DELIMITERS};
 use crate::features::{channel_id, Transaction, MAX_TS, MAX_VALUE, MIN_TS};
-use crate::time::parse_timestamp;
+use crate::time::{parse_timestamp_in, TIMESTAMP_FORMS};
 
 /// Example line numbers kept per rejection reason.
 const EXAMPLES: usize = 5;
@@ -16,12 +17,15 @@ const EXAMPLES: usize = 5;
 pub struct LoadOptions {
     /// Largest share of bad rows tolerated before the run stops (0.01 = 1 %).
     pub max_bad_share: f64,
+    /// The delimiter, decimal mark and zone forced by the user; the rest is detected.
+    pub dialect: DialectOptions,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             max_bad_share: 0.01,
+            dialect: DialectOptions::default(),
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct DataQuality {
     pub first_ts: i64,
     pub last_ts: i64,
     pub ignored_columns: Vec<String>,
+    /// How the file was read.
+    pub dialect: Dialect,
 }
 
 impl DataQuality {
@@ -151,7 +157,7 @@ pub enum LoadError {
         line: u64,
         reason: String,
     },
-    #[error("{source_name}: {bad} of {total} rows ({share:.2}%) are bad, more than the allowed {max:.2}%; for example: {}", examples.join("; "))]
+    #[error("{source_name}: {bad} of {total} rows ({share:.2}%) are bad, more than the allowed {max:.2}% (--max-bad-share {}; raise it to train on the good rows); for example: {}", max / 100.0, examples.join("; "))]
     TooManyBad {
         source_name: String,
         bad: u64,
@@ -160,8 +166,10 @@ pub enum LoadError {
         max: f64,
         examples: Vec<String>,
     },
-    #[error("{source_name}: no valid transactions")]
+    #[error("{source_name}: no valid transactions (the header is there, but no row)")]
     Empty { source_name: String },
+    #[error("{source_name}: the file is empty (no header, no rows)")]
+    EmptyFile { source_name: String },
 }
 
 /// Counts and hashes the bytes that pass through, for the progress bar and the lineage.
@@ -197,18 +205,36 @@ struct Columns {
     width: usize,
 }
 
-fn columns(header: &csv::StringRecord) -> Result<(Columns, Vec<String>), String> {
+fn columns(
+    header: &csv::StringRecord,
+    dialect: &Dialect,
+) -> Result<(Columns, Vec<String>), String> {
     let names: Vec<String> = header
         .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
+        .enumerate()
+        // Spreadsheets start UTF-8 files with a byte-order mark.
+        .map(|(i, h)| {
+            let h = if i == 0 {
+                h.trim_start_matches('\u{feff}')
+            } else {
+                h
+            };
+            h.trim().to_ascii_lowercase()
+        })
         .collect();
     let find = |n: &str| names.iter().position(|h| h == n);
+    let delimiter = delimiter_name(dialect.delimiter);
     let required = |n: &str| {
         find(n).ok_or_else(|| {
-            format!(
-                "line 1: the header must name customer_id, timestamp and amount; {n} is missing (found: {})",
-                names.join(",")
-            )
+            let head = format!("line 1: the header must name customer_id, timestamp and amount; {n} is missing");
+            let other = DELIMITERS.iter().find(|&&d| d != dialect.delimiter && names[0].contains(d as char));
+            match other {
+                Some(&d) if names.len() == 1 => format!(
+                    "{head}: read with a {delimiter} delimiter the header is one column, {:?}; the file looks {}-delimited (--delimiter {})",
+                    names[0], delimiter_name(d), delimiter_name(d)
+                ),
+                _ => format!("{head} (columns found, {delimiter}-delimited: {})", names.join(", ")),
+            }
         })
     };
     let c = Columns {
@@ -240,11 +266,14 @@ fn columns(header: &csv::StringRecord) -> Result<(Columns, Vec<String>), String>
 
 /// A finite number of at most 1e9 in size; negative only where `signed` (an amount: a
 /// return).
-fn number(field: &str, raw: &str, signed: bool) -> Result<f64, String> {
-    let v: f64 = raw
-        .trim()
-        .parse()
-        .map_err(|_| format!("{field} {raw:?} is not a number"))?;
+fn number(field: &str, raw: &str, signed: bool, d: &Dialect) -> Result<f64, String> {
+    let v: f64 = d.number(raw).ok_or_else(|| {
+        if !d.decimal_comma && raw.contains(',') {
+            format!("{field} {raw:?} is not a number (a decimal comma? --decimal-comma)")
+        } else {
+            format!("{field} {raw:?} is not a number")
+        }
+    })?;
     if !v.is_finite() {
         Err(format!("{field} {raw:?} is not finite"))
     } else if v < 0.0 && !signed {
@@ -256,10 +285,10 @@ fn number(field: &str, raw: &str, signed: bool) -> Result<f64, String> {
     }
 }
 
-fn optional_number(field: &str, raw: Option<&str>) -> Result<f64, String> {
+fn optional_number(field: &str, raw: Option<&str>, d: &Dialect) -> Result<f64, String> {
     match raw.map(str::trim) {
         None | Some("") => Ok(0.0),
-        Some(r) => number(field, r, false),
+        Some(r) => number(field, r, false, d),
     }
 }
 
@@ -267,6 +296,7 @@ fn optional_number(field: &str, raw: Option<&str>) -> Result<f64, String> {
 fn parse_row(
     rec: &csv::StringRecord,
     c: &Columns,
+    d: &Dialect,
 ) -> Result<(String, LogRow), (RejectReason, String)> {
     if rec.len() != c.width {
         return Err((
@@ -279,10 +309,10 @@ fn parse_row(
         return Err((RejectReason::EmptyId, "customer_id is empty".into()));
     }
     let raw_ts = rec.get(c.ts).unwrap_or("");
-    let ts = parse_timestamp(raw_ts).ok_or_else(|| {
+    let ts = parse_timestamp_in(raw_ts, d.timezone).ok_or_else(|| {
         (
             RejectReason::BadTimestamp,
-            format!("timestamp {raw_ts:?} is neither RFC 3339 nor YYYY-MM-DD"),
+            format!("timestamp {raw_ts:?} is not {TIMESTAMP_FORMS}"),
         )
     })?;
     if !(MIN_TS..MAX_TS).contains(&ts) {
@@ -291,12 +321,12 @@ fn parse_row(
             format!("timestamp {raw_ts:?} is before 1970 or after 2199"),
         ));
     }
-    let amount = number("amount", rec.get(c.amount).unwrap_or(""), true)
+    let amount = number("amount", rec.get(c.amount).unwrap_or(""), true, d)
         .map_err(|m| (RejectReason::BadAmount, m))?;
     let get = |i: Option<usize>| i.and_then(|i| rec.get(i));
-    let points_earned = optional_number("points_earned", get(c.points_earned))
+    let points_earned = optional_number("points_earned", get(c.points_earned), d)
         .map_err(|m| (RejectReason::BadPoints, m))?;
-    let points_redeemed = optional_number("points_redeemed", get(c.points_redeemed))
+    let points_redeemed = optional_number("points_redeemed", get(c.points_redeemed), d)
         .map_err(|m| (RejectReason::BadPoints, m))?;
     if let Some(q) = get(c.quantity).map(str::trim).filter(|q| !q.is_empty()) {
         q.parse::<u32>().map_err(|_| {
@@ -327,26 +357,34 @@ pub fn load_transactions<R: Read>(
     opts: &LoadOptions,
     progress: impl FnMut(u64) + 'static,
 ) -> Result<TransactionLog, LoadError> {
-    let tap = Tap {
+    let mut tap = Tap {
         inner: reader,
         hasher: Sha256::new(),
         bytes: 0,
         reported: 0,
         progress: Box::new(progress),
     };
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(tap);
     let header_err = |reason: String| LoadError::Header {
         source_name: source_name.to_string(),
         reason,
     };
+    let head = first_line(&mut tap).map_err(|e| header_err(format!("read failed: {e}")))?;
+    if head.iter().all(u8::is_ascii_whitespace) {
+        return Err(LoadError::EmptyFile {
+            source_name: source_name.to_string(),
+        });
+    }
+    let dialect = Dialect::resolve(&opts.dialect, head.trim_ascii_start());
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .delimiter(dialect.delimiter)
+        .from_reader(std::io::Cursor::new(head).chain(tap));
     let header = rdr
         .headers()
         .map_err(|e| header_err(e.to_string()))?
         .clone();
-    let (cols, unknown) = columns(&header).map_err(header_err)?;
+    let (cols, unknown) = columns(&header, &dialect).map_err(header_err)?;
     if !unknown.is_empty() {
         tracing::warn!(columns = %unknown.join(","), "ignoring unknown columns");
     }
@@ -354,18 +392,19 @@ pub fn load_transactions<R: Read>(
         q: DataQuality {
             source: source_name.to_string(),
             ignored_columns: unknown,
+            dialect,
             first_ts: i64::MAX,
             last_ts: i64::MIN,
             ..Default::default()
         },
         ..Default::default()
     };
-    read_rows(&mut rdr, &cols, &mut acc).map_err(|(line, reason)| LoadError::Read {
+    read_rows(&mut rdr, &cols, &dialect, &mut acc).map_err(|(line, reason)| LoadError::Read {
         source_name: source_name.to_string(),
         line,
         reason,
     })?;
-    let mut tap = rdr.into_inner();
+    let (_, mut tap) = rdr.into_inner().into_inner();
     (tap.progress)(tap.bytes);
     acc.q.sha256 = hex::encode(tap.hasher.finalize());
     acc.q.bytes = tap.bytes;
@@ -374,6 +413,22 @@ pub fn load_transactions<R: Read>(
     let mut log = group(acc.rows, acc.ids, acc.q);
     log.channel_names = acc.channel_names;
     Ok(log)
+}
+
+/// The bytes up to and including the first non-blank line's newline (at most 1 MiB), so the
+/// dialect can be read off the header before parsing starts.
+fn first_line(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = r.read(&mut buf)?;
+        head.extend_from_slice(&buf[..n]);
+        let content = head.iter().position(|b| !b.is_ascii_whitespace());
+        let line_done = content.is_some_and(|c| head[c..].contains(&b'\n'));
+        if n == 0 || line_done || head.len() >= 1 << 20 {
+            return Ok(head);
+        }
+    }
 }
 
 /// What the loader has gathered so far.
@@ -411,6 +466,7 @@ impl Accumulator {
 fn read_rows<R: Read>(
     rdr: &mut csv::Reader<R>,
     cols: &Columns,
+    dialect: &Dialect,
     acc: &mut Accumulator,
 ) -> Result<(), (u64, String)> {
     let mut rec = csv::StringRecord::new();
@@ -440,7 +496,7 @@ fn read_rows<R: Read>(
         }
         acc.q.rows_read += 1;
         let line = rec.position().map_or(0, |p| p.line());
-        match parse_row(&rec, cols) {
+        match parse_row(&rec, cols, dialect) {
             Ok((id, row)) => acc.accept(id, row, &rec, cols),
             Err((reason, msg)) => reject(&mut acc.q, reason, line, &msg),
         }
@@ -520,12 +576,102 @@ mod tests {
     use super::*;
 
     fn load(csv: &str, max_bad_share: f64) -> Result<TransactionLog, LoadError> {
-        load_transactions(
-            csv.as_bytes(),
-            "test.csv",
-            &LoadOptions { max_bad_share },
-            |_| {},
+        let opts = LoadOptions {
+            max_bad_share,
+            ..Default::default()
+        };
+        load_transactions(csv.as_bytes(), "test.csv", &opts, |_| {})
+    }
+
+    fn load_with(csv: &str, dialect: DialectOptions) -> Result<TransactionLog, LoadError> {
+        let opts = LoadOptions {
+            max_bad_share: 0.0,
+            dialect,
+        };
+        load_transactions(csv.as_bytes(), "test.csv", &opts, |_| {})
+    }
+
+    #[test]
+    fn a_german_export_with_a_byte_order_mark_is_read_as_written() {
+        let csv = "\u{feff}customer_id;timestamp;amount\nA;2023-01-01 08:23:01;23,45\n\
+                   A;2023-07-01 08:00:00.250;1.234,50\nB;2023-01-02;-4,5\n";
+        let berlin = crate::time::parse_timezone("Europe/Berlin").unwrap();
+        let log = load_with(
+            csv,
+            DialectOptions {
+                timezone: berlin,
+                ..Default::default()
+            },
         )
+        .unwrap();
+        let a: Vec<(i64, f64)> = log.customer(0).iter().map(|r| (r.ts, r.amount)).collect();
+        let utc = |s| crate::time::parse_timestamp(s).unwrap();
+        assert_eq!(
+            a,
+            vec![
+                (utc("2023-01-01T07:23:01Z"), 23.45),
+                (utc("2023-07-01T06:00:00Z"), 1234.5)
+            ]
+        );
+        assert_eq!(log.customer(1)[0].amount, -4.5);
+        let d = log.quality.dialect;
+        assert_eq!((d.delimiter, d.decimal_comma), (b';', true));
+        let summary = crate::trainer::report::data_quality(&log.quality);
+        assert!(
+            summary.contains("semicolon delimiter (detected), decimal comma (detected), zone-less times in Europe/Berlin"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn tabs_and_forced_dialects() {
+        let log = load_with(
+            "customer_id\ttimestamp\tamount\nA\t2023-01-01 00:00:10\t2.5\n",
+            DialectOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            log.customer(0)[0].ts,
+            crate::time::parse_timestamp("2023-01-01T00:00:10Z").unwrap()
+        );
+        assert_eq!(log.quality.dialect.delimiter, b'\t');
+        // A comma file with quoted decimal commas, forced.
+        let forced = DialectOptions {
+            decimal_comma: Some(true),
+            ..Default::default()
+        };
+        let log = load_with(
+            "customer_id,timestamp,amount\nA,2023-01-01,\"2,5\"\n",
+            forced,
+        )
+        .unwrap();
+        assert_eq!(log.customer(0)[0].amount, 2.5);
+        // Without it, the message points at the flag.
+        let err = load("customer_id,timestamp,amount\nA,2023-01-01,\"2,5\"\n", 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--decimal-comma"), "{err}");
+        // The delimiter forced wrong: the message names the one the file looks like.
+        let wrong = DialectOptions {
+            delimiter: Some(b','),
+            ..Default::default()
+        };
+        let err = load_with("customer_id;timestamp;amount\nA;2023-01-01;1\n", wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("looks semicolon-delimited (--delimiter semicolon)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_says_so() {
+        for csv in ["", "\n\n  \n"] {
+            let err = load(csv, 0.0).unwrap_err();
+            assert!(matches!(err, LoadError::EmptyFile { .. }), "{err}");
+            assert!(err.to_string().contains("the file is empty"), "{err}");
+        }
     }
 
     /// One bad row at line 3 between good rows; the message must name the line and problem.
@@ -546,6 +692,7 @@ mod tests {
         let err = load(&csv, 0.01).unwrap_err().to_string();
         assert!(err.contains("line 3: ") && err.contains(problem), "{err}");
         assert!(err.contains("1 of 3 rows"), "{err}");
+        assert!(err.contains("--max-bad-share 0.01"), "{err}");
     }
 
     #[test]
@@ -558,7 +705,7 @@ mod tests {
         rejected_with(
             "A,last tuesday,1,0,0,web,1",
             RejectReason::BadTimestamp,
-            "neither RFC 3339 nor YYYY-MM-DD",
+            "is not YYYY-MM-DD, YYYY-MM-DD HH:MM[:SS[.fff]] or RFC 3339",
         );
     }
 

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod dataset;
+pub mod dialect;
 pub mod eval;
 pub mod evaluate;
 pub mod experiment;

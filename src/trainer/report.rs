@@ -10,6 +10,7 @@ use crate::time::fmt_day;
 pub fn data_quality(q: &DataQuality) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Data quality: {}", q.source);
+    let _ = writeln!(s, "  read as            {}", q.dialect);
     let _ = writeln!(s, "  rows read        {:>12}", q.rows_read);
     let _ = writeln!(s, "  rows rejected    {:>12}", q.rows_rejected());
     for (reason, r) in &q.rejected {
