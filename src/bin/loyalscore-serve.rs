@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match rt.block_on(serve::run(cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", loyalscore::cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

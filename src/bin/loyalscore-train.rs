@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match loyalscore::cli::train::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", loyalscore::cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match admin::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", loyalscore::cli::error_line(&e));
             if admin::is_conflict(&e) {
                 ExitCode::from(admin::EXIT_CONFLICT)
             } else {

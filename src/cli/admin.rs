@@ -127,13 +127,30 @@ pub fn is_conflict(e: &anyhow::Error) -> bool {
 /// Who acts and why; the registry refuses a move that needs a reason and has none.
 pub fn mv(who: Who) -> Move {
     Move {
-        actor: who
-            .actor
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| "unknown".into()),
+        actor: actor(who.actor),
         reason: who.reason.unwrap_or_default(),
     }
+}
+
+/// Who the audit history names: `--actor`, else the login (`$USER`, `$LOGNAME`), else, as in
+/// a container where neither is set, the host (`$HOSTNAME` or the kernel's host name: a pod
+/// name on Kubernetes), so a move is never signed "unknown" when something better is known.
+pub fn actor(explicit: Option<String>) -> String {
+    let env = |k: &str| std::env::var(k).ok();
+    let host = || {
+        env("HOSTNAME").or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+    };
+    explicit
+        .into_iter()
+        .chain(env("USER"))
+        .chain(env("LOGNAME"))
+        .chain(host().map(|h| format!("host:{h}")))
+        .find(|a| !a.trim().is_empty() && a != "host:")
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -141,7 +158,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let json = cli.json;
-    let open = || Registry::open(&cli.registry.registry);
+    // Every registry command reads first: a folder that does not exist is a mistake to
+    // report, not an empty registry to list (or a path to create).
+    let open = || -> anyhow::Result<Registry> {
+        let reg = Registry::open(&cli.registry.registry)?;
+        reg.must_exist()?;
+        Ok(reg)
+    };
     match cli.cmd {
         Cmd::Score(a) => rt.block_on(super::client::score(a, json)),
         Cmd::ScoreLog(a) => super::score_log::run(a, &rt),
@@ -380,8 +403,34 @@ fn show(m: &Manifest) -> String {
             f.name, f.bytes, f.sha256
         ));
     }
+    s.push_str(&features_table(m));
     s.push_str(&report::version_summary(m));
     s
+}
+
+/// The schema's features in order, with the range each had on the fitting rows: what a
+/// caller sending features by name needs, and what `out_of_range` is judged against.
+fn features_table(m: &Manifest) -> String {
+    let rows: Vec<Vec<String>> = m
+        .feature_schema
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let range = m.feature_ranges.get(i).filter(|r| &r.name == name);
+            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+            vec![
+                i.to_string(),
+                name.clone(),
+                cell(range.map(|r| r.min)),
+                cell(range.map(|r| r.max)),
+            ]
+        })
+        .collect();
+    format!(
+        "features (in schema order; range on the fitting rows):\n{}",
+        report::table(&["#", "FEATURE", "MIN", "MAX"], &rows)
+    )
 }
 
 // Long: one line per compared figure, in the order the table prints them.

@@ -24,8 +24,9 @@ pub struct ScoreArgs {
     /// {"customer_id": .., "history": [{"time": .., "amount": .., "channel": ..}, ..]}.
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
-    /// Score as of: YYYY-MM-DD (the end of that day) or an RFC 3339 instant (history only;
-    /// default: now, or the file's as_of).
+    /// Score as of: YYYY-MM-DD (the end of that day) or an RFC 3339 instant: a history's
+    /// purchases before it, the stored state at it, or the instant the features were computed
+    /// at (the timing's dates count from it). Default: now, or the file's as_of.
     #[arg(long, value_parser = flags::as_of)]
     pub as_of: Option<i64>,
     /// Pin this version id instead of the one the server serves (bypasses any experiment).
@@ -247,6 +248,12 @@ fn response_text(r: &pb::ScoreResponse) -> String {
         date(&r.contact_by)
     );
     s += &format!("model version     {}\n", r.model_version);
+    if !r.out_of_range.is_empty() {
+        s += &format!(
+            "out of range      {} (outside what the version was fitted on)\n",
+            r.out_of_range.join(", ")
+        );
+    }
     if !r.arm.is_empty() {
         s += &format!("experiment        {} (arm {})\n", r.experiment, r.arm);
     }

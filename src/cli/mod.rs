@@ -11,12 +11,15 @@ pub mod state;
 pub mod traffic;
 pub mod train;
 
-/// Logs go to stderr, so stdout stays clean for tables and JSON.
+/// Logs go to stderr, so stdout stays clean for tables and JSON; colours only when stderr is
+/// a terminal, so a log file or a collector gets plain text.
 pub fn init_tracing(filter: &str, json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         b.json().try_init()
@@ -25,8 +28,34 @@ pub fn init_tracing(filter: &str, json: bool) {
     };
 }
 
+/// An error and its causes as one line, for the binaries' `error:` line. Most of our errors
+/// already print their cause (`registry: {0}`), so a cause whose text the line already ends
+/// with is not said twice.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[from] std::io::Error);
+        let e = anyhow::Error::from(Outer(std::io::Error::other("disk full"))).context("writing x");
+        assert_eq!(super::error_line(&e), "writing x: outer: disk full");
+    }
+
     use clap::CommandFactory;
 
     /// Every argument of every command of the three binaries has a help line, and so has

@@ -11,6 +11,7 @@ use crate::flags::{self, ServerArgs, TransactionsArgs};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
 use crate::scoring::Timing;
+use crate::trainer::batch::SCORE_COLUMNS;
 use crate::trainer::TransactionLog;
 use tonic::transport::Channel;
 
@@ -24,8 +25,9 @@ pub struct ScoreLogArgs {
     /// then on are not sent.
     #[arg(long, value_parser = flags::as_of)]
     pub as_of: i64,
-    /// Output CSV: customer_id, churn_probability, clv, segment, model_version, experiment,
-    /// arm, then the timing columns (typical_gap_days ... contact_by).
+    /// Output CSV: customer_id, churn_probability, clv, segment, version, the timing columns
+    /// (typical_gap_days ... contact_by), as `loyalscore-train score` writes them, then
+    /// experiment and arm.
     #[arg(long)]
     pub out: std::path::PathBuf,
     /// Customers per BatchScore call.
@@ -74,12 +76,12 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     let log = super::train::load_log(&a.transactions, rt)?;
     let file =
         std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    writeln!(
-        w,
-        "customer_id,churn_probability,clv,segment,model_version,experiment,arm,{}",
-        Timing::COLUMNS.join(",")
-    )?;
+    // Quoted as needed: a customer id may hold a comma.
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    let mut header = SCORE_COLUMNS.to_vec();
+    header.extend(Timing::COLUMNS);
+    header.extend(["experiment", "arm"]);
+    w.write_record(&header)?;
     let counts = rt.block_on(score_all(&a, &log, &mut w))?;
     w.flush()?;
     println!(
@@ -139,7 +141,7 @@ struct Counts {
 async fn score_all(
     a: &ScoreLogArgs,
     log: &TransactionLog,
-    w: &mut impl Write,
+    w: &mut csv::Writer<impl Write>,
 ) -> anyhow::Result<Counts> {
     let wait = std::time::Duration::from_secs(a.wait_secs);
     let channel = ready_channel(&a.server.server, wait).await?;
@@ -165,15 +167,20 @@ async fn score_all(
             .map_err(|s| anyhow::anyhow!("BatchScore: {:?}: {}", s.code(), s.message()))?
             .into_inner();
         for item in r.results {
-            write_result(w, item, &mut counts)?;
+            let id = chunk
+                .get(item.index as usize)
+                .map_or("?", |&c| log.ids[c].as_str());
+            write_result(w, id, item, &mut counts)?;
         }
     }
     Ok(counts)
 }
 
-/// One answer as a CSV row (holdout customers have no scores); errors go to stderr.
+/// One answer as a CSV row (holdout customers have no scores); the first errors go to
+/// stderr with the customer's id (this is the user's own terminal and data, not a log).
 fn write_result(
-    w: &mut impl Write,
+    w: &mut csv::Writer<impl Write>,
+    id: &str,
     item: pb::BatchItem,
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
@@ -193,21 +200,15 @@ fn write_result(
                     timing_of(&s).cells().to_vec(),
                 )
             };
-            writeln!(
-                w,
-                "{},{churn},{clv},{},{},{},{},{}",
-                s.customer_id,
-                s.segment,
-                s.model_version,
-                s.experiment,
-                s.arm,
-                timing.join(",")
-            )?;
+            let mut row = vec![s.customer_id, churn, clv, s.segment, s.model_version];
+            row.extend(timing);
+            row.extend([s.experiment, s.arm]);
+            w.write_record(&row)?;
         }
         Some(pb::batch_item::Result::Error(e)) => {
             counts.failed += 1;
             if counts.failed <= 5 {
-                eprintln!("item {}: {} {}: {}", item.index, e.code, e.field, e.message);
+                eprintln!("customer {id:?}: {} {}: {}", e.code, e.field, e.message);
             }
         }
         None => counts.failed += 1,

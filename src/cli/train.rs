@@ -17,6 +17,7 @@ use crate::time::parse_timestamp;
 use crate::trainer::generate::{generate, write_truth, GenerateOptions};
 use crate::trainer::{
     self, report, CalibrationMethod, FitOptions, Overrides, RunInfo, SplitOptions, TrainError,
+    TransactionLog,
 };
 
 use super::progress::{bar, Bars};
@@ -109,6 +110,9 @@ pub struct QuickstartArgs {
     /// The sample data goes into this live state too, for scoring by customer id.
     #[command(flatten)]
     pub state: StateArgs,
+    /// Where the server's Prometheus metrics listen, host:port (GET /metrics), or "off".
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +132,9 @@ pub struct GenerateArgs {
     /// Length of the log in days.
     #[arg(long, default_value_t = 1095)]
     pub days: u32,
+    /// Overwrite --out (and its truth file) if they exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -200,6 +207,10 @@ pub struct FitArgs {
     /// Publish even if the models do not beat their baselines.
     #[arg(long)]
     pub force: bool,
+    /// Print one JSON object on stdout (version, published, metrics); the summaries go to
+    /// stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The segment rules' thresholds (README "Segments"), stored in the version.
@@ -295,24 +306,29 @@ pub fn run_quickstart(
             out: a.data.clone(),
             start: "2023-01-01".into(),
             days: 1095,
+            force: false,
         })?;
     }
     let data = a.data.to_string_lossy().to_string();
-    let fit = FitArgs::try_parse_from([
-        "fit",
-        "--transactions",
-        &data,
-        "--registry",
-        &registry.registry,
-    ])?;
-    let version = run_fit(fit)?.context("the quickstart publishes a version")?;
     let url = &registry.registry;
+    let log = load_log(&TransactionsArgs::new(data.as_str()), rt)?;
+    let version = match reusable_version(url, &log, rt)? {
+        Some(v) => {
+            println!("reusing {v}: an earlier quickstart trained it on this very data (run fit to train anew)");
+            v
+        }
+        None => {
+            let fit = FitArgs::try_parse_from(["fit", "--transactions", &data, "--registry", url])?;
+            run_fit(fit)?.context("the quickstart publishes a version")?
+        }
+    };
     promote_to_production(url, &version, rt)?;
     let example = a.data.with_file_name("example-request.json");
-    let (example_id, example_as_of) = write_example(&a.data, &example)?;
+    let (example_id, example_as_of) = write_example(&log, &example)?;
     if a.state.state != "off" {
-        load_sample_state(&data, &a.state, rt)?;
+        load_sample_state(&log, &a.state, rt)?;
     }
+    drop(log);
     if a.no_serve {
         return Ok(());
     }
@@ -339,7 +355,7 @@ pub fn run_quickstart(
         "--registry",
         url,
         "--metrics-listen",
-        "off",
+        &a.metrics_listen,
         "--log",
         "warn",
         "--state",
@@ -351,13 +367,36 @@ pub fn run_quickstart(
     rt.block_on(super::serve::run(config))
 }
 
+/// A version an earlier quickstart published from this very data (same bytes) with this
+/// build's trainer: training again would publish the same recipe once more, 90 s later.
+fn reusable_version(
+    url: &str,
+    log: &TransactionLog,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<String>> {
+    let reg = Registry::open(url)?;
+    if reg.missing_dir().is_some() {
+        return Ok(None);
+    }
+    let listing = rt.block_on(reg.list_versions())?;
+    Ok(listing
+        .versions
+        .into_iter()
+        .find(|m| {
+            m.data.sha256 == log.quality.sha256
+                && m.trainer.version == env!("CARGO_PKG_VERSION")
+                && m.trainer.args.iter().any(|a| a == "quickstart")
+        })
+        .map(|m| m.version))
+}
+
 fn promote_to_production(
     url: &str,
     version: &str,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
     let mv = crate::registry::Move {
-        actor: std::env::var("USER").unwrap_or_else(|_| "quickstart".into()),
+        actor: super::admin::actor(None),
         reason: "quickstart".into(),
     };
     let r = rt.block_on(Registry::open(url)?.set_alias(
@@ -365,19 +404,24 @@ fn promote_to_production(
         version,
         &crate::registry::Expect::Any,
         &mv,
-    ))?;
-    println!("production -> {} (move {})", r.version, r.seq);
+    ));
+    match r {
+        Ok(r) => println!("production -> {} (move {})", r.version, r.seq),
+        Err(crate::registry::RegistryError::Unchanged { .. }) => {
+            println!("production -> {version} (already)")
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 
 /// The sample data into the live state, for scoring by customer id.
 fn load_sample_state(
-    data: &str,
+    log: &TransactionLog,
     state: &StateArgs,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
-    let log = load_log(&TransactionsArgs::new(data), rt)?;
-    let (customers, events) = rt.block_on(super::state::load(&log, state))?;
+    let (customers, events) = rt.block_on(super::state::load(log, state))?;
     println!(
         "live state: {events} transactions of {customers} customers in {}",
         state.state
@@ -385,34 +429,32 @@ fn load_sample_state(
     Ok(())
 }
 
-/// A ready-to-send request: the history of the busiest of the first sample customers, as of
-/// the end of the sample data. That customer and day.
-fn write_example(data: &Path, out: &Path) -> anyhow::Result<(String, String)> {
-    let mut rdr =
-        csv::Reader::from_path(data).with_context(|| format!("reading {}", data.display()))?;
-    let mut by: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
-    let mut last = String::new();
-    for rec in rdr.records() {
-        let rec = rec?;
-        let (id, time) = (rec.get(0).unwrap_or(""), rec.get(1).unwrap_or(""));
-        if id.as_bytes() < b"C0000011".as_slice() {
-            by.entry(id.to_string()).or_default().push(serde_json::json!({
-                "time": time,
-                "amount": rec.get(2).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0),
-                "points_earned": rec.get(3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0),
-                "points_redeemed": rec.get(4).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0),
-                "channel": rec.get(5).unwrap_or(""),
-            }));
-        }
-        if time > last.as_str() {
-            last = time.to_string();
-        }
-    }
-    let (id, history) = by
+/// A ready-to-send request: the history of the busiest of the ten customers whose ids sort
+/// first (C0000001..C0000010 in the sample data), as of the last day of the log. That
+/// customer and day.
+fn write_example(log: &TransactionLog, out: &Path) -> anyhow::Result<(String, String)> {
+    let mut order: Vec<usize> = (0..log.n_customers()).collect();
+    order.sort_unstable_by(|&a, &b| log.ids[a].cmp(&log.ids[b]));
+    let c = order
         .into_iter()
-        .max_by_key(|(_, h)| h.len())
-        .context("the sample data has no customer C0000001..C0000010")?;
-    let as_of = last.get(..10).unwrap_or("2026-01-01").to_string();
+        .take(10)
+        .max_by_key(|&c| (log.customer(c).len(), std::cmp::Reverse(c)))
+        .context("the data has no customer")?;
+    let history: Vec<serde_json::Value> = log
+        .customer(c)
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "time": crate::time::fmt_ts(r.ts),
+                "amount": r.amount,
+                "points_earned": r.points_earned,
+                "points_redeemed": r.points_redeemed,
+                "channel": log.channel_names.get(&r.channel).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    let as_of = crate::time::fmt_day(log.quality.last_ts);
+    let id = log.ids[c].clone();
     let req = serde_json::json!({ "customer_id": id, "as_of": as_of, "history": history });
     std::fs::write(out, serde_json::to_string_pretty(&req)?)
         .with_context(|| format!("writing {}", out.display()))?;
@@ -492,6 +534,16 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     if a.customers == 0 || a.days == 0 {
         bail!("--customers and --days must be at least 1");
     }
+    // The default --out is the quickstart's data: regenerating it by accident would make the
+    // registry's versions describe data that is gone.
+    for p in [a.out.clone(), truth_path(&a.out)] {
+        if p.exists() && !a.force {
+            bail!(
+                "{} exists; choose another --out, or pass --force to overwrite it",
+                p.display()
+            );
+        }
+    }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -566,17 +618,69 @@ fn open_transactions(
     }
 }
 
-/// Trains and, unless a dry run, publishes; returns the published version.
+/// Trains and, unless a dry run, publishes; returns the published version. With `--json`
+/// the summaries go to stderr and stdout holds one JSON object, for scripts.
 pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // Open the registry first: a bad URL should fail before minutes of training.
     let registry = Registry::open(&a.registry.registry)?;
+    let opts = fit_options(&a)?;
+    let mut say: Box<dyn Write> = if a.json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
 
     let log = load_log(&a.transactions, &rt)?;
-    print!("{}", report::data_quality(&log.quality));
+    write!(say, "{}", report::data_quality(&log.quality))?;
+    let run = RunInfo {
+        args: std::env::args().collect(),
+        created_at: chrono::Utc::now(),
+    };
+    let trained = match trainer::train(&log, &opts, &run, &Bars) {
+        Err(TrainError::NotBetter(m)) => {
+            writeln!(say, "{}", report::metrics_table(&m))?;
+            return Err(TrainError::NotBetter(m).into());
+        }
+        other => other?,
+    };
+    drop(log);
+    writeln!(say)?;
+    write!(say, "{}", report::version_summary(&trained.manifest))?;
+    if !trained.manifest.beats_baselines {
+        writeln!(
+            say,
+            "warning: published with --force although the models do not beat their baselines"
+        )?;
+    }
+    let version = trained.manifest.version.clone();
+    if a.dry_run {
+        writeln!(
+            say,
+            "dry run: nothing published (version would be {version})"
+        )?;
+    } else {
+        let files = [(BUNDLE_FILE, Bytes::from(trained.bundle_bytes))];
+        rt.block_on(registry.publish(&trained.manifest, &files))?;
+        writeln!(say, "published version {version} to {}", registry.url())?;
+    }
+    if a.json {
+        let out = serde_json::json!({
+            "version": version,
+            "published": !a.dry_run,
+            "registry": registry.url(),
+            "beats_baselines": trained.manifest.beats_baselines,
+            "metrics": trained.manifest.metrics,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok((!a.dry_run).then_some(version))
+}
 
+/// The training options the flags ask for, checked before minutes of training.
+fn fit_options(a: &FitArgs) -> anyhow::Result<FitOptions> {
     let defaults = FitOptions::default();
     let opts = FitOptions {
         split: SplitOptions {
@@ -608,40 +712,9 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
         force: a.force,
         ..defaults
     };
-    // Checked before minutes of training (value_high is learnt when not given).
+    // value_high is learnt when not given; the rest is checked now.
     opts.segments
         .validate()
         .map_err(|e| anyhow::anyhow!("segment thresholds: {e}"))?;
-    let run = RunInfo {
-        args: std::env::args().collect(),
-        created_at: chrono::Utc::now(),
-    };
-    let trained = match trainer::train(&log, &opts, &run, &Bars) {
-        Err(TrainError::NotBetter(m)) => {
-            println!("{}", report::metrics_table(&m));
-            return Err(TrainError::NotBetter(m).into());
-        }
-        other => other?,
-    };
-    drop(log);
-    println!();
-    print!("{}", report::version_summary(&trained.manifest));
-    if !trained.manifest.beats_baselines {
-        println!("warning: published with --force although the models do not beat their baselines");
-    }
-    if a.dry_run {
-        println!(
-            "dry run: nothing published (version would be {})",
-            trained.manifest.version
-        );
-        return Ok(None);
-    }
-    let files = [(BUNDLE_FILE, Bytes::from(trained.bundle_bytes))];
-    rt.block_on(registry.publish(&trained.manifest, &files))?;
-    println!(
-        "published version {} to {}",
-        trained.manifest.version,
-        registry.url()
-    );
-    Ok(Some(trained.manifest.version))
+    Ok(opts)
 }

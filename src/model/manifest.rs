@@ -41,7 +41,19 @@ pub struct Manifest {
     /// The population's rhythm the version learnt (also in the bundle).
     #[serde(default)]
     pub rhythm: RhythmPrior,
+    /// Each feature's range on the rows the version was fitted on, in schema order: what a
+    /// scored customer is compared with (`out_of_range`). Empty in versions before it.
+    #[serde(default)]
+    pub feature_ranges: Vec<FeatureRange>,
     pub files: Vec<FileEntry>,
+}
+
+/// The smallest and largest value of one feature on the fitting rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureRange {
+    pub name: String,
+    pub min: f64,
+    pub max: f64,
 }
 
 /// One segment on the validation rows.

@@ -11,9 +11,9 @@ mod segment;
 pub use bundle::{ModelBundle, BUNDLE_FILE};
 pub use calibration::{expected_calibration_error, Calibration};
 pub use manifest::{
-    sha256_hex, CalibrationBin, ChurnMetrics, ClvMetrics, DataLineage, FileEntry, GridPoint,
-    Hyperparameters, Manifest, Metrics, QuarterMetrics, SegmentRow, SplitInfo, TrainerInfo,
-    MANIFEST_FILE,
+    sha256_hex, CalibrationBin, ChurnMetrics, ClvMetrics, DataLineage, FeatureRange, FileEntry,
+    GridPoint, Hyperparameters, Manifest, Metrics, QuarterMetrics, SegmentRow, SplitInfo,
+    TrainerInfo, MANIFEST_FILE,
 };
 pub use segment::{Segment, SegmentInputs, SegmentRules};
 

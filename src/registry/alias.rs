@@ -72,6 +72,69 @@ impl Move {
     }
 }
 
+/// Why an alias has nothing a server could serve: what its warnings say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unserved {
+    NoSuchPath(String),
+    NoVersions,
+    NoSuchAlias {
+        existing: Vec<String>,
+    },
+    /// The alias names a version; why that cannot serve is logged where it was loaded.
+    Points {
+        version: String,
+    },
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Unserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unserved::NoSuchPath(p) => write!(f, "the registry folder {p} does not exist"),
+            Unserved::NoVersions => write!(
+                f,
+                "the registry holds no versions yet (loyalscore-train fit publishes one)"
+            ),
+            Unserved::NoSuchAlias { existing } if existing.is_empty() => {
+                write!(
+                    f,
+                    "the alias was never set, and no alias exists (loyalscore alias set)"
+                )
+            }
+            Unserved::NoSuchAlias { existing } => {
+                write!(
+                    f,
+                    "no such alias; the aliases that exist are {}",
+                    existing.join(", ")
+                )
+            }
+            Unserved::Points { version } => {
+                write!(f, "the alias points at {version}, which failed to load (see the error logged when it was tried)")
+            }
+            Unserved::Unreadable(e) => write!(f, "the registry cannot be read: {e}"),
+        }
+    }
+}
+
+/// Where a rollback goes: the history replayed as a stack of deployments, where a set pushes
+/// its version and a rollback pops the version it left; the target is the one under the top.
+fn rollback_target(history: &[AliasRecord]) -> Option<String> {
+    let mut stack: Vec<&str> = Vec::new();
+    for r in history {
+        if r.action == "rollback" {
+            stack.pop();
+            // Records written when rollback toggled may land elsewhere: follow them.
+            if stack.last() != Some(&r.version.as_str()) {
+                stack.push(&r.version);
+            }
+        } else {
+            stack.push(&r.version);
+        }
+    }
+    let n = stack.len();
+    (n >= 2).then(|| stack[n - 2].to_string())
+}
+
 /// Alias names become path segments, like version ids.
 pub(super) fn check_alias(name: &str) -> Result<(), RegistryError> {
     check_version_id(name).map_err(|_| RegistryError::BadAliasName(name.to_string()))
@@ -98,6 +161,28 @@ impl Registry {
             });
         }
         Ok(r)
+    }
+
+    /// Why `alias` gives a server nothing to serve, looked at from the registry's side.
+    pub async fn unserved(&self, alias: &str) -> Unserved {
+        if let Some(d) = self.missing_dir() {
+            return Unserved::NoSuchPath(d.display().to_string());
+        }
+        let unreadable = |e: RegistryError| Unserved::Unreadable(e.to_string());
+        match self.alias(alias).await {
+            Ok(Some(r)) => return Unserved::Points { version: r.version },
+            Ok(None) => {}
+            Err(e) => return unreadable(e),
+        }
+        match self.list_versions().await {
+            Ok(l) if l.versions.is_empty() && l.broken.is_empty() => return Unserved::NoVersions,
+            Ok(_) => {}
+            Err(e) => return unreadable(e),
+        }
+        match self.aliases().await {
+            Ok(existing) => Unserved::NoSuchAlias { existing },
+            Err(e) => unreadable(e),
+        }
     }
 
     /// Every alias name with at least one move, sorted.
@@ -138,25 +223,24 @@ impl Registry {
         self.move_alias(name, version, expect, mv, "set").await
     }
 
-    /// Moves the alias back to the version it pointed at before its latest move. Without a
-    /// reason the move is recorded as "rollback".
+    /// Steps the alias back one deployment: to the version set before the current one, not
+    /// rolled back from already, so a second rollback goes further back instead of returning
+    /// to the version just left. Without a reason the move is recorded as "rollback".
     pub async fn rollback_alias(
         &self,
         name: &str,
         mv: &Move,
     ) -> Result<AliasRecord, RegistryError> {
-        let current = self
-            .alias(name)
-            .await?
+        let history = self.alias_history(name).await?;
+        let current = history
+            .last()
             .ok_or_else(|| RegistryError::AliasNotFound(name.to_string()))?;
-        let previous = current
-            .previous
-            .clone()
+        let target = rollback_target(&history)
             .ok_or_else(|| RegistryError::NothingToRollBack(name.to_string()))?;
         self.move_alias(
             name,
-            &previous,
-            &Expect::Version(current.version),
+            &target,
+            &Expect::Version(current.version.clone()),
             &mv.or_rollback(),
             "rollback",
         )
@@ -222,5 +306,44 @@ impl Registry {
                 actor: winner.actor,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: &str, action: &str) -> AliasRecord {
+        AliasRecord {
+            alias: "production".into(),
+            seq: 0,
+            version: version.into(),
+            previous: None,
+            action: action.into(),
+            actor: "t".into(),
+            at: String::new(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn rollbacks_step_back_through_the_deployments() {
+        let h = |moves: &[(&str, &str)]| {
+            let recs: Vec<AliasRecord> = moves.iter().map(|(v, a)| record(v, a)).collect();
+            rollback_target(&recs)
+        };
+        assert_eq!(h(&[("A", "set")]), None);
+        assert_eq!(
+            h(&[("A", "set"), ("B", "set"), ("C", "set")]).as_deref(),
+            Some("B")
+        );
+        // After rolling back C -> B, the next rollback goes to A, not back to C.
+        let two = [("A", "set"), ("B", "set"), ("C", "set"), ("B", "rollback")];
+        assert_eq!(h(&two).as_deref(), Some("A"));
+        let three = [("A", "set"), ("B", "set"), ("A", "rollback")];
+        assert_eq!(h(&three), None);
+        // A set after a rollback starts a new line: its rollback returns to where it came from.
+        let again = [("A", "set"), ("B", "set"), ("A", "rollback"), ("C", "set")];
+        assert_eq!(h(&again).as_deref(), Some("A"));
     }
 }

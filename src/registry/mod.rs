@@ -23,7 +23,7 @@ use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use crate::model::{Manifest, ModelBundle, ModelError, BUNDLE_FILE, MANIFEST_FILE};
 
 pub use crate::routing::{Experiment, HOLDOUT_ARM};
-pub use alias::{AliasRecord, Expect, Move};
+pub use alias::{AliasRecord, Expect, Move, Unserved};
 pub use store::open_store;
 pub use traffic::TrafficRecord;
 
@@ -31,6 +31,10 @@ pub use traffic::TrafficRecord;
 pub enum RegistryError {
     #[error("registry URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(
+        "registry {0} does not exist (no such folder; --registry or LOYALSCORE_REGISTRY names it)"
+    )]
+    NoSuchRegistry(String),
     #[error("version id {0:?} is not valid (letters, digits, '.', '_' and '-' only)")]
     BadVersionId(String),
     #[error("version {0} does not exist")]
@@ -141,6 +145,21 @@ impl Registry {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The local folder this registry names, when it does not exist (an object store cannot
+    /// be told apart from an empty one this cheaply, so it never counts as missing).
+    pub fn missing_dir(&self) -> Option<std::path::PathBuf> {
+        store::local_dir(&self.url).filter(|d| !d.is_dir())
+    }
+
+    /// Fails with [`RegistryError::NoSuchRegistry`] for a folder that does not exist: what a
+    /// command that only reads checks first, so a misspelt path is not an empty registry.
+    pub fn must_exist(&self) -> Result<(), RegistryError> {
+        match self.missing_dir() {
+            Some(d) => Err(RegistryError::NoSuchRegistry(d.display().to_string())),
+            None => Ok(()),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

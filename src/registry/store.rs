@@ -85,8 +85,23 @@ fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
+/// A folder. One that does not exist yet is not created here: a read of a misspelt path must
+/// find nothing rather than leave an empty folder behind, and the first write creates it.
 fn local(path: &std::path::Path) -> Result<(Arc<dyn ObjectStore>, Path), String> {
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let store = LocalFileSystem::new_with_prefix(path).map_err(|e| e.to_string())?;
-    Ok((Arc::new(store), Path::default()))
+    if path.is_dir() {
+        let store = LocalFileSystem::new_with_prefix(path).map_err(|e| e.to_string())?;
+        return Ok((Arc::new(store), Path::default()));
+    }
+    let abs = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let root = Path::from_absolute_path(&abs).map_err(|e| e.to_string())?;
+    Ok((Arc::new(LocalFileSystem::new()), root))
+}
+
+/// The folder a URL or path names, when it names a local one.
+pub fn local_dir(url: &str) -> Option<std::path::PathBuf> {
+    match url.split_once("://") {
+        None => Some(std::path::PathBuf::from(url)),
+        Some(("file", _)) => Url::parse(url).ok()?.to_file_path().ok(),
+        Some(_) => None,
+    }
 }

@@ -123,6 +123,28 @@ impl Model {
     pub fn rhythm(&self) -> &RhythmModel {
         &self.rhythm
     }
+
+    /// The longest silence a customer in the fitting rows had (the lookback), in seconds.
+    pub fn longest_silence(&self) -> Option<i64> {
+        let days = self.manifest.split.lookback_days;
+        (days > 0).then(|| i64::from(days) * crate::features::DAY)
+    }
+
+    /// The features of `f` outside the range the version was fitted on, in schema order.
+    pub fn out_of_range(&self, f: &FeatureVector) -> Vec<&'static str> {
+        let ranges = &self.manifest.feature_ranges;
+        if ranges.len() != f.len() {
+            return Vec::new();
+        }
+        // A hair of slack: a value the trainer saw must not be flagged for rounding.
+        let slack = |r: &crate::model::FeatureRange| 1e-9 * (1.0 + r.max.abs().max(r.min.abs()));
+        f.iter()
+            .zip(ranges)
+            .zip(crate::features::FEATURE_NAMES)
+            .filter(|((&v, r), _)| v < r.min - slack(r) || v > r.max + slack(r))
+            .map(|(_, name)| name)
+            .collect()
+    }
 }
 
 /// The language reasons are written in.
@@ -213,6 +235,51 @@ pub struct Scored {
     pub clv_reasons: Vec<Reason>,
     /// Which rule placed the customer in the segment, when asked.
     pub segment_reason: String,
+    /// Features outside the range the version was fitted on: the scores extrapolate there.
+    pub out_of_range: Vec<&'static str>,
+}
+
+/// What a version is given for one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInput {
+    /// The features at as_of: the rhythm, the timing and the segment rules read these.
+    pub features: FeatureVector,
+    /// For a silence longer than any customer's the version was fitted on (its lookback),
+    /// the features at the end of that longest silence: the forests read these instead. The
+    /// scores then stay where they were at the edge of what the forests saw rather than
+    /// wander where they saw no one (churn once fell from 0.874 to 0.792 between one and two
+    /// years of silence).
+    pub edge: Option<FeatureVector>,
+}
+
+impl From<FeatureVector> for ModelInput {
+    fn from(features: FeatureVector) -> Self {
+        ModelInput {
+            features,
+            edge: None,
+        }
+    }
+}
+
+impl ModelInput {
+    /// A customer's input at `as_of`; fails as [`CustomerSummary::features`] does.
+    pub fn of(
+        model: &Model,
+        s: &CustomerSummary,
+        as_of: i64,
+    ) -> Result<Self, crate::features::FeatureError> {
+        let features = s.features(as_of)?;
+        let edge = match (s.last_ts(), model.longest_silence()) {
+            (Some(last), Some(l)) if as_of > last + l => Some(s.features(last + l)?),
+            _ => None,
+        };
+        Ok(ModelInput { features, edge })
+    }
+
+    /// What the forests read.
+    pub fn for_forests(&self) -> &FeatureVector {
+        self.edge.as_ref().unwrap_or(&self.features)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -311,10 +378,16 @@ impl NamePlan {
             seen[j] = true;
             to.push(j);
         }
-        if let Some(j) = seen.iter().position(|s| !s) {
+        // Every missing name at once: one round trip, not one per name.
+        let missing: Vec<String> = (0..N_FEATURES)
+            .filter(|&j| !seen[j])
+            .map(|j| format!("{:?}", schema.names[j]))
+            .collect();
+        if !missing.is_empty() {
+            let s = if missing.len() == 1 { "" } else { "s" };
             return Err(ScoringError::invalid(
                 "features.names",
-                format!("missing feature {:?}", schema.names[j]),
+                format!("missing feature{s} {}", missing.join(", ")),
             ));
         }
         Ok(NamePlan { to })
@@ -389,10 +462,22 @@ pub fn check_history_len(n: usize, limits: &Limits) -> Result<(), ScoringError> 
 
 /// Features from a purchase history at `as_of`, with the trainer's code.
 pub fn features_from_history(
+    model: &Model,
     txs: &[Transaction],
     as_of: i64,
     limits: &Limits,
-) -> Result<FeatureVector, ScoringError> {
+) -> Result<ModelInput, ScoringError> {
+    let summary = summary_of_history(txs, as_of, limits)?;
+    ModelInput::of(model, &summary, as_of)
+        .map_err(|e| ScoringError::invalid("history.transactions", e.to_string()))
+}
+
+/// A checked purchase history folded into a summary.
+fn summary_of_history(
+    txs: &[Transaction],
+    as_of: i64,
+    limits: &Limits,
+) -> Result<CustomerSummary, ScoringError> {
     const FIELD: &str = "history.transactions";
     if txs.is_empty() {
         return Err(ScoringError::invalid(
@@ -410,21 +495,24 @@ pub fn features_from_history(
             ));
         }
     }
-    let summary = CustomerSummary::from_transactions(txs)
-        .map_err(|e| ScoringError::invalid(FIELD, e.to_string()))?;
-    summary
-        .features(as_of)
-        .map_err(|e| ScoringError::invalid(FIELD, e.to_string()))
+    CustomerSummary::from_transactions(txs).map_err(|e| ScoringError::invalid(FIELD, e.to_string()))
 }
 
 /// Scores a feature vector at `as_of` with both forests, calibrates the churn probability,
 /// judges the customer against their own rhythm and picks the segment; reasons only when
 /// asked (they cost a second walk of each forest).
 pub fn score(model: &Model, f: &FeatureVector, as_of: i64, explain: Explain) -> Scored {
+    score_input(model, &ModelInput::from(*f), as_of, explain)
+}
+
+/// [`score`] for an input that may carry the forests' own view ([`ModelInput::edge`]).
+pub fn score_input(model: &Model, input: &ModelInput, as_of: i64, explain: Explain) -> Scored {
     let b = &model.bundle;
-    let raw = b.churn.predict_row(f);
+    let f = &input.features;
+    let x = input.for_forests();
+    let raw = b.churn.predict_row(x);
     let churn = b.calibration.apply(raw);
-    let clv = b.clv.predict_row(f).max(0.0);
+    let clv = b.clv.predict_row(x).max(0.0);
     let rhythm = Rhythm::from_features(f, as_of, &model.rhythm);
     let inputs = segment_inputs(f, &rhythm, churn);
     let segment = b.segments.segment(&inputs);
@@ -437,10 +525,11 @@ pub fn score(model: &Model, f: &FeatureVector, as_of: i64, explain: Explain) -> 
         reasons: Vec::new(),
         clv_reasons: Vec::new(),
         segment_reason: String::new(),
+        out_of_range: model.out_of_range(f),
     };
     if explain.reasons {
         let why = reasons::Context {
-            f,
+            f: x,
             rhythm: &rhythm,
             inputs: &inputs,
             locale: explain.locale,

@@ -127,6 +127,7 @@ fn test_manifest(p: ForestParams, segments: SegmentRules) -> Manifest {
         segments,
         segment_table: vec![],
         rhythm: RhythmPrior::default(),
+        feature_ranges: vec![],
         files: vec![],
     }
 }
@@ -177,6 +178,13 @@ fn named_features_errors_name_the_field() {
         e.to_string().contains("missing feature \"recency_days\""),
         "{e}"
     );
+    // All the missing names in one answer.
+    let e = features_from_named(&schema, &names()[3..], &values[3..]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing features \"recency_days\", \"tenure_days\", \"purchases_total\""),
+        "{e}"
+    );
     let mut v = values.clone();
     v[2] = f64::NAN;
     assert_eq!(
@@ -202,6 +210,10 @@ fn history_errors_name_the_transaction() {
     };
     let t = |day: i64, amount: f64| Transaction::new(20_000 * DAY + day * DAY, amount);
     let as_of = 20_000 * DAY + 100 * DAY;
+    let model = tiny_model();
+    let features_from_history = |txs: &[Transaction], as_of, limits: &Limits| {
+        features_from_history(&model, txs, as_of, limits)
+    };
     assert!(features_from_history(&[t(1, 5.0), t(3, 9.0)], as_of, &limits).is_ok());
     assert_eq!(
         field_of(features_from_history(&[], as_of, &limits).unwrap_err()),
@@ -339,4 +351,46 @@ fn a_model_of_another_schema_is_refused() {
         .unwrap_err()
         .to_string()
         .contains("feature schema"));
+}
+
+/// Beyond the longest silence the version was fitted on, the forests see the customer as at
+/// its end: the churn probability cannot fall with a longer absence, and the answer says
+/// which features are outside what the version saw. The timing still reads the real as_of.
+#[test]
+fn scores_hold_beyond_the_longest_silence_and_say_so() {
+    let mut model = tiny_model();
+    model.manifest.feature_ranges = FEATURE_NAMES
+        .iter()
+        .map(|n| crate::model::FeatureRange {
+            name: n.to_string(),
+            min: 0.0,
+            max: if *n == "recency_days" { 365.0 } else { 1e6 },
+        })
+        .collect();
+    let t = |day: i64, amount: f64| Transaction::new(20_000 * DAY + day * DAY, amount);
+    let summary = CustomerSummary::from_transactions(&[t(0, 40.0), t(30, 25.0)]).unwrap();
+    let at = |days_after: i64| {
+        let as_of = 20_000 * DAY + (30 + days_after) * DAY;
+        let input = ModelInput::of(&model, &summary, as_of).unwrap();
+        (
+            input.clone(),
+            score_input(&model, &input, as_of, Default::default()),
+        )
+    };
+    let (near, near_s) = at(200);
+    assert!(near.edge.is_none() && near_s.out_of_range.is_empty());
+    let (one, one_s) = at(366);
+    let (two, two_s) = at(730);
+    assert!(one.edge.is_some());
+    assert_eq!(one.edge, two.edge, "both are seen at the edge");
+    assert_eq!((one_s.churn, one_s.clv), (two_s.churn, two_s.clv));
+    assert_eq!(two_s.out_of_range, vec!["recency_days"]);
+    assert!(two_s.timing.days_overdue > one_s.timing.days_overdue + 300.0);
+    // A feature vector given as is is only flagged.
+    let mut f = regular_customer();
+    f[crate::features::f::RECENCY_DAYS] = 900.0;
+    assert_eq!(
+        score(&model, &f, 0, Default::default()).out_of_range,
+        vec!["recency_days"]
+    );
 }

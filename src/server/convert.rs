@@ -51,6 +51,7 @@ pub fn registry_status(e: RegistryError) -> Status {
         RegistryError::ExpectMismatch { .. }
         | RegistryError::Unchanged { .. }
         | RegistryError::NothingToRollBack(_)
+        | RegistryError::NoSuchRegistry(_)
         | RegistryError::Corrupt { .. }
         | RegistryError::CorruptAlias { .. }
         | RegistryError::CorruptTraffic { .. }
@@ -192,6 +193,7 @@ pub fn response(
         contact_by: timestamp_of(t.contact_by),
         segment_reason: s.segment_reason,
         clv_reasons: reasons(s.clv_reasons, true),
+        out_of_range: s.out_of_range.iter().map(|n| n.to_string()).collect(),
         ..Default::default()
     }
 }

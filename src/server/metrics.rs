@@ -1,7 +1,6 @@
 //! Prometheus metrics, one registry per server (tests run several in one process), served as
 //! text on an HTTP port.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use tonic::Code;
@@ -251,8 +250,10 @@ pub async fn serve_metrics(
     metrics: std::sync::Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "metrics on /metrics");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "metrics on /metrics"),
+        Err(e) => tracing::info!(error = %e, "metrics on /metrics (address unknown)"),
+    }
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

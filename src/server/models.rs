@@ -47,6 +47,9 @@ impl LoadError {
     }
 }
 
+/// How often a server that serves nothing says why.
+const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// The gRPC service names whose health follows the model.
 pub const HEALTH_SERVICES: [&str; 2] = ["", "loyalscore.v1.Scoring"];
 
@@ -273,7 +276,7 @@ impl Models {
                         .set_service_status(s, ServingStatus::Serving)
                         .await;
                 }
-                tracing::info!(version = %target, previous = ?current, alias = %self.alias, "now serving");
+                tracing::info!(version = %target, previous = %current.as_deref().unwrap_or("none"), alias = %self.alias, "now serving");
                 Some(target)
             }
             Err(e) => {
@@ -287,6 +290,17 @@ impl Models {
         }
     }
 
+    /// Says, at warn level, that nothing is served and what the registry lacks: at start a
+    /// misspelt alias or registry path would otherwise leave health NOT_SERVING in silence.
+    async fn warn_unserved(&self) {
+        let why = self.registry.unserved(&self.alias).await;
+        tracing::warn!(
+            registry = %self.registry.url(),
+            alias = %self.alias,
+            "nothing to serve, health stays NOT_SERVING: {why}"
+        );
+    }
+
     /// Follows the alias until `stop` resolves, every `interval`. (The admin RPCs that move
     /// the alias call [`refresh`](Self::refresh) themselves, so they answer after the swap.)
     pub async fn follow(
@@ -294,8 +308,16 @@ impl Models {
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut last_warning: Option<std::time::Instant> = None;
         loop {
             self.refresh().await;
+            if self.active().is_none() {
+                let due = last_warning.is_none_or(|t| t.elapsed() >= UNSERVED_WARNING_EVERY);
+                if due {
+                    self.warn_unserved().await;
+                    last_warning = Some(std::time::Instant::now());
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,

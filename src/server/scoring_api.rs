@@ -15,7 +15,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_server::Scoring;
 use crate::registry::HOLDOUT_ARM;
 use crate::routing::{Route, Routing};
-use crate::scoring::{self, Explain, Limits, Locale, Model, NamePlan, ScoringError};
+use crate::scoring::{self, Explain, Limits, Locale, Model, ModelInput, NamePlan, ScoringError};
 use crate::state::{CustomerState, CustomerStore};
 use crate::time::fmt_ts;
 
@@ -136,16 +136,16 @@ impl ScoringService {
         check_customer_id(&item.customer_id)?;
         let locale = Locale::parse(&item.locale)?;
         let who = self.answerer(&item, snap).await?;
-        let (f, as_of) = self.features(&item, who.model(), (batch_names, stored), now)?;
+        let (input, as_of) = self.features(&item, who.model(), (batch_names, stored), now)?;
         let (routing, arm, resp) = match who {
-            Answerer::Plain(model) => return Ok(self.scored(&model, item, &f, as_of, locale)),
+            Answerer::Plain(model) => return Ok(self.scored(&model, item, &input, as_of, locale)),
             Answerer::Arm {
                 routing,
                 arm,
                 model,
             } => {
-                let resp = self.scored(model, item, &f, as_of, locale);
-                self.measure_arm(routing, arm, model, &resp, f, as_of);
+                let resp = self.scored(model, item, &input, as_of, locale);
+                self.measure_arm(routing, arm, model, &resp, input.features, as_of);
                 (routing, arm, resp)
             }
             Answerer::Holdout { routing, model } => {
@@ -168,7 +168,7 @@ impl ScoringService {
         model: &Model,
         (batch_names, stored): (&BatchNames, Option<Stored>),
         now: i64,
-    ) -> Result<(FeatureVector, i64), ScoringError> {
+    ) -> Result<(ModelInput, i64), ScoringError> {
         match &item.input {
             Some(pb::score_request::Input::Features(fs)) => {
                 let f = match batch_names {
@@ -176,7 +176,12 @@ impl ScoringService {
                     Some(Err(e)) if fs.names.is_empty() => return Err(e.clone()),
                     _ => scoring::features_from_named(model.schema(), &fs.names, &fs.values)?,
                 };
-                Ok((f, now))
+                // The instant the features describe: the timing's dates count from it.
+                let as_of = match &item.as_of {
+                    Some(t) => convert::timestamp(t, "as_of")?,
+                    None => now,
+                };
+                Ok((f.into(), as_of))
             }
             Some(pb::score_request::Input::History(h)) => {
                 let as_of = match &item.as_of {
@@ -184,8 +189,8 @@ impl ScoringService {
                     None => now,
                 };
                 let txs = convert::transactions(h, &self.limits)?;
-                let f = scoring::features_from_history(&txs, as_of, &self.limits)?;
-                Ok((f, as_of))
+                let input = scoring::features_from_history(model, &txs, as_of, &self.limits)?;
+                Ok((input, as_of))
             }
             None => {
                 let state = stored.unwrap_or_else(|| Err(no_state()))?;
@@ -198,13 +203,13 @@ impl ScoringService {
                 let summary = state
                     .summary()
                     .map_err(|e| ScoringError::StateUnusable(e.to_string()))?;
-                let f = summary.features(as_of).map_err(|_| {
+                let input = ModelInput::of(model, &summary, as_of).map_err(|_| {
                     ScoringError::invalid(
                         "as_of",
                         "is not after the customer's last stored transaction",
                     )
                 })?;
-                Ok((f, as_of))
+                Ok((input, as_of))
             }
         }
     }
@@ -329,7 +334,7 @@ impl ScoringService {
         &self,
         model: &Model,
         item: pb::ScoreRequest,
-        f: &FeatureVector,
+        input: &ModelInput,
         as_of: i64,
         locale: Locale,
     ) -> pb::ScoreResponse {
@@ -338,7 +343,7 @@ impl ScoringService {
             reasons: explain,
             locale,
         };
-        let scored = scoring::score(model, f, as_of, how);
+        let scored = scoring::score_input(model, input, as_of, how);
         let mut resp = convert::response(
             item.customer_id,
             scored,
@@ -348,7 +353,7 @@ impl ScoringService {
         if explain {
             resp.features = Some(pb::Features {
                 names: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
-                values: f.to_vec(),
+                values: input.features.to_vec(),
             });
         }
         resp

@@ -4,9 +4,19 @@
 use std::io::Write;
 
 use crate::features::CustomerSummary;
-use crate::scoring::{score, Model, Timing};
+use crate::scoring::{score_input, Model, ModelInput, Timing};
 
 use super::load::TransactionLog;
+
+/// The first columns of every scores CSV (`loyalscore-train score`, `loyalscore score-log`),
+/// before the timing columns ([`Timing::COLUMNS`]).
+pub const SCORE_COLUMNS: [&str; 5] = [
+    "customer_id",
+    "churn_probability",
+    "clv",
+    "segment",
+    "version",
+];
 
 /// Counts of a batch-scoring run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +39,7 @@ pub fn score_log(
         skipped: 0,
     };
     let mut w = csv::Writer::from_writer(out);
-    let mut header = vec![
-        "customer_id",
-        "churn_probability",
-        "clv",
-        "segment",
-        "version",
-    ];
+    let mut header = SCORE_COLUMNS.to_vec();
     header.extend(Timing::COLUMNS);
     w.write_record(&header)?;
     for c in 0..log.n_customers() {
@@ -46,11 +50,11 @@ pub fn score_log(
                 break;
             }
         }
-        let Ok(f) = s.features(as_of) else {
+        let Ok(input) = ModelInput::of(model, &s, as_of) else {
             counts.skipped += 1;
             continue;
         };
-        let sc = score(model, &f, as_of, Default::default());
+        let sc = score_input(model, &input, as_of, Default::default());
         let mut row = vec![
             log.ids[c].clone(),
             format!("{:.6}", sc.churn),

@@ -33,6 +33,8 @@ pub enum ReportError {
     },
     #[error("no outcome window is complete: the transactions end at {log_end}, the earliest window ends at {first_end}; wait or pass a later log")]
     NoCompleteWindow { log_end: String, first_end: String },
+    #[error("none of the {exposed} exposed customers is in the transactions: the exposure key is probably not the one the server hashed ids with (its --exposure-key; here LOYALSCORE_EXPOSURE_KEY or --exposure-key), or the transactions are another programme's")]
+    NoExposedCustomerFound { exposed: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +92,9 @@ pub struct Comparison {
     pub difference: Estimate,
     /// Share of bootstrap resamples in which `arm` is better than the control.
     pub p_better: f64,
+    /// Share in which it is worse; resamples with no difference count for neither, so a
+    /// difference of exactly zero is never a win.
+    pub p_worse: f64,
     pub higher_is_better: bool,
 }
 
@@ -99,8 +104,8 @@ impl Comparison {
     pub fn leader(&self, confidence: f64) -> Option<(&str, f64)> {
         if self.p_better >= confidence {
             Some((&self.arm, self.p_better))
-        } else if 1.0 - self.p_better >= confidence {
-            Some((&self.control, 1.0 - self.p_better))
+        } else if self.p_worse >= confidence {
+            Some((&self.control, self.p_worse))
         } else {
             None
         }
@@ -259,6 +264,7 @@ fn join_outcomes(
         .unwrap_or(i64::MIN);
     let mut arms = Arms::new();
     let mut incomplete = 0;
+    let mut found = 0;
     let mut first_end = i64::MAX;
     let mut order: Vec<(&str, &(i64, usize))> = firsts.first.iter().map(|(k, v)| (*k, v)).collect();
     order.sort_unstable_by_key(|(k, _)| *k);
@@ -272,7 +278,10 @@ fn join_outcomes(
             continue;
         }
         let window: &[LogRow] = match by_hash.get(cust) {
-            Some(&c) => &log.history(c, end)[log.history(c, as_of).len()..],
+            Some(&c) => {
+                found += 1;
+                &log.history(c, end)[log.history(c, as_of).len()..]
+            }
             None => &[],
         };
         let slot = arms.entry(e.arm.clone()).or_default();
@@ -290,6 +299,13 @@ fn join_outcomes(
         return Err(ReportError::NoCompleteWindow {
             log_end: fmt_day(log_end),
             first_end: fmt_day(first_end),
+        });
+    }
+    // Every exposed customer bought at least once before being scored, so a log that holds
+    // none of them was joined under the wrong key: everyone would look churned.
+    if found == 0 {
+        return Err(ReportError::NoExposedCustomerFound {
+            exposed: firsts.first.len() - incomplete,
         });
     }
     Ok(Joined {
@@ -396,11 +412,14 @@ fn compare_to_control(arms: &[ArmSamples], confidence: f64) -> Vec<Comparison> {
                 .zip(&control.replicates)
                 .filter_map(|(x, y)| Some(f(x)? - f(y)?))
                 .collect();
-            let better = diffs
-                .iter()
-                .filter(|&&d| if higher { d > 0.0 } else { d < 0.0 })
-                .count() as f64
-                / diffs.len().max(1) as f64;
+            let share = |pred: &dyn Fn(f64) -> bool| {
+                diffs.iter().filter(|&&d| pred(d)).count() as f64 / diffs.len().max(1) as f64
+            };
+            let (better, worse) = if higher {
+                (share(&|d| d > 0.0), share(&|d| d < 0.0))
+            } else {
+                (share(&|d| d < 0.0), share(&|d| d > 0.0))
+            };
             let (low, high) = interval(&mut diffs, confidence);
             out.push(Comparison {
                 metric,
@@ -412,6 +431,7 @@ fn compare_to_control(arms: &[ArmSamples], confidence: f64) -> Vec<Comparison> {
                     high,
                 },
                 p_better: better,
+                p_worse: worse,
                 higher_is_better: higher,
             });
         }
@@ -610,4 +630,33 @@ fn comparison_line(c: &Comparison, confidence: f64) -> String {
         },
         verdict
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comparison(p_better: f64, p_worse: f64) -> Comparison {
+        Comparison {
+            metric: "realised_churn_rate",
+            arm: "challenger".into(),
+            control: "control".into(),
+            difference: zero(),
+            p_better,
+            p_worse,
+            higher_is_better: false,
+        }
+    }
+
+    #[test]
+    fn a_difference_of_exactly_zero_is_never_a_win() {
+        // Every resample equal (both arms at churn 1.000, say): no leader, either way.
+        assert_eq!(comparison(0.0, 0.0).leader(0.95), None);
+        assert_eq!(
+            comparison(0.97, 0.0).leader(0.95),
+            Some(("challenger", 0.97))
+        );
+        assert_eq!(comparison(0.01, 0.96).leader(0.95), Some(("control", 0.96)));
+        assert_eq!(comparison(0.04, 0.5).leader(0.95), None);
+    }
 }

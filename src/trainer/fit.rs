@@ -5,8 +5,8 @@
 use crate::features::{FeatureSchema, DAY};
 use crate::forest::{fit_forest, FlatForest, ForestParams, TrainingMatrix};
 use crate::model::{
-    sha256_hex, Calibration, DataLineage, FileEntry, Hyperparameters, Manifest, Metrics,
-    ModelBundle, SegmentRules, SplitInfo, TrainerInfo, BUNDLE_FILE,
+    sha256_hex, Calibration, DataLineage, FeatureRange, FileEntry, Hyperparameters, Manifest,
+    Metrics, ModelBundle, SegmentRules, SplitInfo, TrainerInfo, BUNDLE_FILE,
 };
 
 use super::dataset::{
@@ -304,6 +304,7 @@ pub fn train(
         },
         evaluated: recipe.evaluated,
         beats,
+        ranges: feature_ranges(&refit_rows.x),
     };
     let manifest = manifest(log, opts, run, &bundle, &bundle_bytes, facts);
     Ok(Trained {
@@ -501,6 +502,26 @@ struct Facts<'a> {
     hyperparameters: Hyperparameters,
     evaluated: Evaluated,
     beats: bool,
+    ranges: Vec<FeatureRange>,
+}
+
+/// Each feature's range over the rows the forests were fitted on, in schema order.
+fn feature_ranges(x: &crate::forest::Matrix) -> Vec<FeatureRange> {
+    let mut r: Vec<(f64, f64)> = vec![(f64::INFINITY, f64::NEG_INFINITY); x.n_cols];
+    for row in x.values.chunks_exact(x.n_cols.max(1)) {
+        for (slot, &v) in r.iter_mut().zip(row) {
+            *slot = (slot.0.min(v), slot.1.max(v));
+        }
+    }
+    crate::features::FEATURE_NAMES
+        .iter()
+        .zip(r)
+        .map(|(name, (min, max))| FeatureRange {
+            name: name.to_string(),
+            min,
+            max,
+        })
+        .collect()
 }
 
 fn manifest(
@@ -513,7 +534,12 @@ fn manifest(
 ) -> Manifest {
     let q = &log.quality;
     let sha = sha256_hex(bundle_bytes);
-    let version = format!("v{}-{}", run.created_at.format("%Y%m%d-%H%M%S"), &sha[..6]);
+    // Milliseconds in the id: two versions fitted in one second still sort by age.
+    let version = format!(
+        "v{}-{}",
+        run.created_at.format("%Y%m%d-%H%M%S%.3f"),
+        &sha[..6]
+    );
     let split = facts.split;
     let fmt_all = |ts: &[i64]| ts.iter().map(|&t| fmt_ts(t)).collect();
     Manifest {
@@ -559,6 +585,7 @@ fn manifest(
         segments: bundle.segments.clone(),
         segment_table: facts.evaluated.segment_table,
         rhythm: bundle.rhythm.clone(),
+        feature_ranges: facts.ranges,
         files: vec![FileEntry {
             name: BUNDLE_FILE.into(),
             sha256: sha,

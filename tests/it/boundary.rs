@@ -25,12 +25,11 @@ fn date_only(csv: &str) -> String {
 }
 
 fn scores(path: &std::path::Path) -> HashMap<String, (String, String, String)> {
-    std::fs::read_to_string(path)
+    csv::Reader::from_path(path)
         .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let c: Vec<&str> = l.split(',').collect();
+        .records()
+        .map(|r| {
+            let c = r.unwrap();
             (
                 c[0].to_string(),
                 (c[1].to_string(), c[2].to_string(), c[3].to_string()),
@@ -46,6 +45,10 @@ async fn online_and_offline_agree_at_the_as_of_day_boundary() {
     let mut dated = date_only(&std::fs::read_to_string(&csv).unwrap());
     // A customer whose only purchase is on the boundary day has no history at all.
     dated.push_str("ONLY-ON-THE-DAY,2024-06-01,12.50,12,0,web,1\n");
+    // An id with a comma must come back whole from both (quoted CSV).
+    dated.push_str(
+        "\"ACME, Inc.\",2024-01-10,40,40,0,web,1\n\"ACME, Inc.\",2024-03-02,35,35,0,web,1\n",
+    );
     let boundary = dated.lines().filter(|l| l.contains(",2024-06-01,")).count();
     assert!(
         boundary > 5,
@@ -115,6 +118,7 @@ async fn online_and_offline_agree_at_the_as_of_day_boundary() {
         "{offline_msg}"
     );
     assert!(!on.contains_key("ONLY-ON-THE-DAY") && !off.contains_key("ONLY-ON-THE-DAY"));
+    assert!(on.contains_key("ACME, Inc.") && off.contains_key("ACME, Inc."));
     assert_eq!(on.len(), off.len());
     for (id, s) in &off {
         assert_eq!(on.get(id), Some(s), "customer {id}");

@@ -334,6 +334,30 @@ async fn quickstart_score_client_and_offline_scoring() {
     assert!(stdout.contains("live state: "), "{stdout}");
     let example = dir.path().join("data/example-request.json");
     assert!(example.exists());
+    let versions = |reg: &std::path::Path| std::fs::read_dir(reg.join("versions")).unwrap().count();
+    assert_eq!(versions(&reg), 1);
+
+    // Run again on the same data: the version is reused, not trained and published twice.
+    let again = tokio::process::Command::new(bin)
+        .args([
+            "quickstart",
+            "--no-serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--registry",
+            reg.to_str().unwrap(),
+            "--state",
+            "off",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let again = ok(&again);
+    assert!(
+        again.contains("reusing v") && again.contains("(already)"),
+        "{again}"
+    );
+    assert_eq!(versions(&reg), 1);
 
     let stored = state.to_str().unwrap().to_string();
     let server = crate::server::TestServer::start(reg.to_str().unwrap(), move |c| {
@@ -482,25 +506,23 @@ async fn quickstart_score_client_and_offline_scoring() {
     assert_eq!(
         online_lines.next(),
         Some(
-            format!(
-                "customer_id,churn_probability,clv,segment,model_version,experiment,arm,{timing}"
-            )
-            .as_str()
+            format!("customer_id,churn_probability,clv,segment,version,{timing},experiment,arm")
+                .as_str()
         )
     );
-    let parse = |r: &str, timing_at: usize| {
+    let parse = |r: &str| {
         let c: Vec<&str> = r.split(',').collect();
         let num = |s: &str| s.parse::<f64>().unwrap();
-        let t: Vec<String> = c[timing_at..].iter().map(|s| s.to_string()).collect();
+        let t: Vec<String> = c[5..11].iter().map(|s| s.to_string()).collect();
         (
             c[0].to_string(),
             (num(c[1]), num(c[2]), c[3].to_string(), t),
         )
     };
-    let online: std::collections::HashMap<_, _> = online_lines.map(|r| parse(r, 7)).collect();
+    let online: std::collections::HashMap<_, _> = online_lines.map(parse).collect();
     assert_eq!(online.len(), rows.len(), "{online_msg}");
     for r in &rows {
-        let (id, offline) = parse(r, 5);
+        let (id, offline) = parse(r);
         assert_eq!(offline.3.len(), 6);
         assert_eq!(online.get(&id), Some(&offline), "customer {id}");
     }

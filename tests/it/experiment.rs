@@ -691,4 +691,26 @@ async fn the_read_out_names_the_truly_better_challenger() {
             && stdout.contains("challenger is ahead"),
         "{stdout}"
     );
+
+    // Under another key (the README's `openssl rand` run twice) no exposed customer is found
+    // in the log: an error that points at the key, not a read-out of everyone churned.
+    let out = crate::support::train_cli(&[
+        "experiment-report",
+        "--exposures",
+        &exposures,
+        "--transactions",
+        csv.to_str().unwrap(),
+        "--exposure-key",
+        "another-key-of-32-characters-xyz",
+    ]);
+    let stderr = crate::support::text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{}",
+        crate::support::text(&out.stdout)
+    );
+    assert!(
+        stderr.contains("is in the transactions") && stderr.contains("exposure key"),
+        "{stderr}"
+    );
 }

@@ -4,6 +4,7 @@ mod boundary;
 mod cli;
 mod experiment;
 mod faults;
+mod first_hour;
 mod helm;
 mod moto;
 mod redis;

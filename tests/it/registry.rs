@@ -247,6 +247,28 @@ async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
             .await,
         Err(RegistryError::Unchanged { .. })
     ));
+    // Rollback steps back through the deployments: v001 -> v002 -> v003, then back to
+    // v002, then v001 (not back to v003), then nothing is left to roll back to.
+    assert!(matches!(
+        reg.rollback_alias("production", &who("cy", "")).await,
+        Err(RegistryError::NothingToRollBack(_))
+    ));
+    for v in ["v002", "v003"] {
+        reg.set_alias("production", v, &Expect::Any, &who("dee", "forward"))
+            .await
+            .unwrap();
+    }
+    for back in ["v002", "v001"] {
+        let r = reg
+            .rollback_alias("production", &who("cy", ""))
+            .await
+            .unwrap();
+        assert_eq!((r.version.as_str(), r.reason.as_str()), (back, "rollback"));
+    }
+    assert!(matches!(
+        reg.rollback_alias("production", &who("cy", "")).await,
+        Err(RegistryError::NothingToRollBack(_))
+    ));
     assert!(matches!(
         reg.rollback_alias("staging", &who("a", "b")).await,
         Err(RegistryError::AliasNotFound(_))
@@ -309,7 +331,8 @@ async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
     let h = reg.alias_history("production").await.unwrap();
     assert_eq!(
         h.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        (1..=6).collect::<Vec<u64>>(),
+        // 3 moves, 2 sets and 2 rollbacks, 3 race rounds.
+        (1..=10).collect::<Vec<u64>>(),
         "no gap"
     );
     for w in h.windows(2) {
