@@ -41,6 +41,9 @@ pub enum ScoringError {
     VersionUnusable { version: String, reason: String },
     #[error("no model version is loaded yet")]
     NotReady,
+    /// A KServe V2 request named another model than the one served.
+    #[error("model {0:?} is not served here; the model is named loyalscore")]
+    ModelNotServed(String),
     /// Scored by id, but the state store holds nothing for the customer.
     #[error("customer {0} has no stored state: record their purchases first, or send history or features")]
     CustomerNotFound(String),

@@ -18,7 +18,7 @@ pub fn scoring_code(e: &ScoringError) -> Code {
         ScoringError::VersionUnusable { .. } | ScoringError::StateUnusable(_) => {
             Code::FailedPrecondition
         }
-        ScoringError::CustomerNotFound(_) => Code::NotFound,
+        ScoringError::CustomerNotFound(_) | ScoringError::ModelNotServed(_) => Code::NotFound,
     }
 }
 

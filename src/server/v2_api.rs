@@ -1,7 +1,8 @@
-//! KServe V2 (Open Inference Protocol) over the version the alias serves: one FP64 or FP32
-//! tensor `[n, 23]` of features in schema order in, `churn_probability` and `clv` (FP64,
-//! `[n]`) out. For clients and tools that speak V2; the same load generator measures this
-//! server and a V2 server such as MLServer. No customer ids here, so no experiment routing.
+//! KServe V2 (Open Inference Protocol) over the version the alias serves, as the model
+//! [`MODEL_NAME`]: one FP64 or FP32 tensor `[n, 29]` of features in schema order in,
+//! `churn_probability` and `clv` (FP64, `[n]`) out, with server and model metadata for the
+//! standard clients. The same load generator measures this server and a V2 server such as
+//! MLServer. No customer ids here, so no experiment routing.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,52 @@ pub struct InferenceService {
 
 const OUTPUTS: [&str; 2] = ["churn_probability", "clv"];
 
+/// The one model this server serves over V2. An empty name means it too.
+pub const MODEL_NAME: &str = "loyalscore";
+
+/// A request's model name, checked: another name is not served here.
+fn check_model_name(name: &str) -> Result<(), ScoringError> {
+    if name.is_empty() || name == MODEL_NAME {
+        Ok(())
+    } else {
+        Err(ScoringError::ModelNotServed(name.to_string()))
+    }
+}
+
+/// Values sent in another field than the datatype's (FP64 data in `fp32_contents`) would
+/// read as an empty tensor: say which field they are in.
+fn check_contents_field(t: &v2::model_infer_request::InferInputTensor) -> Result<(), ScoringError> {
+    // Another datatype is refused as such, later.
+    let Some(c) = t
+        .contents
+        .as_ref()
+        .filter(|_| matches!(t.datatype.as_str(), "FP64" | "FP32"))
+    else {
+        return Ok(());
+    };
+    let fields = [
+        ("FP64", "fp64_contents", c.fp64_contents.len()),
+        ("FP32", "fp32_contents", c.fp32_contents.len()),
+        ("INT32", "int_contents", c.int_contents.len()),
+        ("INT64", "int64_contents", c.int64_contents.len()),
+        ("UINT32", "uint_contents", c.uint_contents.len()),
+        ("UINT64", "uint64_contents", c.uint64_contents.len()),
+        ("BOOL", "bool_contents", c.bool_contents.len()),
+        ("BYTES", "bytes_contents", c.bytes_contents.len()),
+    ];
+    let own = fields.iter().find(|f| f.0 == t.datatype).map_or(0, |f| f.2);
+    match fields.iter().find(|f| f.0 != t.datatype && f.2 > 0) {
+        Some(other) if own == 0 => Err(ScoringError::invalid(
+            "inputs[0].contents",
+            format!(
+                "datatype {} but the {} values are in {}: put them in the datatype's field, or set datatype {}",
+                t.datatype, other.2, other.1, other.0
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The input tensor's values as f64, from `contents` or `raw_input_contents`.
 fn tensor_values(req: &v2::ModelInferRequest) -> Result<(Vec<f64>, usize), ScoringError> {
     let [t] = &req.inputs[..] else {
@@ -45,6 +92,7 @@ fn tensor_values(req: &v2::ModelInferRequest) -> Result<(Vec<f64>, usize), Scori
             ))
         }
     };
+    check_contents_field(t)?;
     let raw = req.raw_input_contents.first();
     let width = match t.datatype.as_str() {
         "FP64" => 8,
@@ -102,6 +150,7 @@ impl InferenceService {
         &self,
         req: v2::ModelInferRequest,
     ) -> Result<v2::ModelInferResponse, ScoringError> {
+        check_model_name(&req.model_name)?;
         let model = self.model(&req.model_version).await?;
         let (values, n_rows) = tensor_values(&req)?;
         scoring::check_batch_len("inputs[0].shape", n_rows, &self.limits)?;
@@ -182,8 +231,36 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<v2::ModelReadyRequest>,
     ) -> Result<Response<v2::ModelReadyResponse>, Status> {
-        let ready = self.model(&req.get_ref().version).await.is_ok();
+        let r = req.get_ref();
+        let ready = check_model_name(&r.name).is_ok() && self.model(&r.version).await.is_ok();
         Ok(Response::new(v2::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<v2::ServerMetadataRequest>,
+    ) -> Result<Response<v2::ServerMetadataResponse>, Status> {
+        Ok(Response::new(v2::ServerMetadataResponse {
+            name: "loyalscore".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<v2::ModelMetadataRequest>,
+    ) -> Result<Response<v2::ModelMetadataResponse>, Status> {
+        let r = req.into_inner();
+        let answer = async {
+            check_model_name(&r.name)?;
+            let model = self.model(&r.version).await?;
+            Ok::<_, ScoringError>(metadata(&model))
+        };
+        answer
+            .await
+            .map(Response::new)
+            .map_err(convert::scoring_status)
     }
 
     async fn model_infer(
@@ -199,5 +276,23 @@ impl GrpcInferenceService for InferenceService {
         self.metrics
             .observe_request("ModelInfer", code, version, start);
         result.map(Response::new).map_err(convert::scoring_status)
+    }
+}
+
+/// What a standard client asks before it sends a tensor.
+fn metadata(model: &Model) -> v2::ModelMetadataResponse {
+    use v2::model_metadata_response::TensorMetadata;
+    let tensor = |name: &str, shape: Vec<i64>| TensorMetadata {
+        name: name.into(),
+        datatype: "FP64".into(),
+        shape,
+    };
+    v2::ModelMetadataResponse {
+        name: MODEL_NAME.into(),
+        versions: vec![model.version.clone()],
+        platform: "loyalscore-random-forest".into(),
+        // FP32 is accepted as well; the features are the schema's, in its order (`models show`).
+        inputs: vec![tensor("features", vec![-1, N_FEATURES as i64])],
+        outputs: OUTPUTS.iter().map(|o| tensor(o, vec![-1])).collect(),
     }
 }

@@ -812,15 +812,73 @@ async fn v2_model_infer_matches_score() {
             err.message()
         );
     }
-    let ready = client
-        .model_ready(v2::ModelReadyRequest {
+    let ready = |name: &str, version: &str| v2::ModelReadyRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    let is_ready = async |client: &mut GrpcInferenceServiceClient<_>, r| {
+        client.model_ready(r).await.unwrap().into_inner().ready
+    };
+    assert!(!is_ready(&mut client, ready("loyalscore", "v404")).await);
+    assert!(is_ready(&mut client, ready("loyalscore", "")).await);
+    assert!(
+        !is_ready(&mut client, ready("foo", "")).await,
+        "another model is not ready here"
+    );
+
+    // FP64 data in the FP32 field is a type mismatch, said as such.
+    let mut mismatch = by_contents.clone();
+    mismatch.inputs[0].contents = Some(v2::InferTensorContents {
+        fp32_contents: flat.iter().map(|&v| v as f32).collect(),
+        ..Default::default()
+    });
+    let err = client.model_infer(mismatch).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("inputs[0].contents: datatype FP64 but the")
+            && err.message().contains("fp32_contents"),
+        "{}",
+        err.message()
+    );
+    let mut other = by_contents.clone();
+    other.model_name = "foo".into();
+    let err = client.model_infer(other).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // The metadata standard clients read first.
+    let sm = client
+        .server_metadata(v2::ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sm.name, "loyalscore");
+    let mm = client
+        .model_metadata(v2::ModelMetadataRequest {
             name: "loyalscore".into(),
-            version: "v404".into(),
+            version: String::new(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert!(!ready.ready);
+    assert_eq!(
+        (mm.name.as_str(), mm.versions.clone()),
+        ("loyalscore", vec!["v001".to_string()])
+    );
+    assert_eq!(
+        (mm.inputs[0].datatype.as_str(), mm.inputs[0].shape.clone()),
+        ("FP64", vec![-1, N_FEATURES as i64])
+    );
+    let outs: Vec<&str> = mm.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(outs, ["churn_probability", "clv"]);
+    let err = client
+        .model_metadata(v2::ModelMetadataRequest {
+            name: "foo".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 
     for mode in ["v2", "health"] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loyalscore"))
