@@ -229,3 +229,194 @@ fn generate_does_not_overwrite_without_force() {
     assert!(gen(&["--seed", "9", "--force"]).status.success());
     assert_ne!(std::fs::read(&out_path).unwrap(), before);
 }
+
+/// A history whose last purchase lies `days_ago` days before `as_of`.
+fn lapsed(as_of: i64, days_ago: i64) -> loyalscore::proto::v1::ScoreRequest {
+    use loyalscore::proto::v1 as pb;
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let last = as_of - days_ago * 86_400;
+    // Points as the sample's purchases earn them: every fitted customer had some.
+    let tx = |seconds, amount: f64| pb::Transaction {
+        time: at(seconds),
+        amount,
+        points_earned: amount.floor(),
+        channel: "web".into(),
+        ..Default::default()
+    };
+    pb::ScoreRequest {
+        customer_id: "lapsed".into(),
+        input: Some(pb::score_request::Input::History(pb::History {
+            transactions: vec![tx(last - 30 * 86_400, 30.0), tx(last, 25.0)],
+        })),
+        as_of: at(as_of),
+        ..Default::default()
+    }
+}
+
+/// Away longer than anyone the version was fitted on: the answer says so, and the churn
+/// probability does not fall with a longer absence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_longest_silence_scores_hold_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    crate::server::production_v001(&path).await;
+    let server = crate::server::TestServer::start(&path, |_| {}).await;
+    crate::server::until_serving(&server).await;
+    let mut client = server.scoring().await;
+    let as_of = loyalscore::time::parse_timestamp("2026-06-01").unwrap();
+    let mut answers = Vec::new();
+    for days in [200, 366, 500, 730, 1500] {
+        let r = client
+            .score(lapsed(as_of, days))
+            .await
+            .unwrap()
+            .into_inner();
+        answers.push((days, r.churn_probability, r.out_of_range, r.days_overdue));
+    }
+    server.stop().await;
+    let (_, near, near_flags, _) = &answers[0];
+    assert!(near_flags.is_empty(), "{near_flags:?}");
+    let beyond: Vec<f64> = answers[1..].iter().map(|a| a.1).collect();
+    assert!(
+        beyond.windows(2).all(|w| w[1] >= w[0]),
+        "churn beyond the lookback never falls: {beyond:?} (200 days: {near})"
+    );
+    for (days, _, flags, overdue) in &answers[1..] {
+        assert!(
+            flags.iter().any(|f| f == "recency_days"),
+            "{days}: {flags:?}"
+        );
+        assert!(
+            *overdue > (*days as f64) - 100.0,
+            "{days}: timing reads the real as_of"
+        );
+    }
+}
+
+/// What a container or a log file sees: one plain line per event, no `Some(..)`, each cause
+/// said once, and an actor even without `$USER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_messages_read_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("models");
+    crate::server::production_v001(path.to_str().unwrap()).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_loyalscore-serve"))
+        .args([
+            "--registry",
+            path.to_str().unwrap(),
+            "--exposure-log",
+            dir.path().join("exp").to_str().unwrap(),
+            "--exposure-key",
+            "short",
+        ])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.matches("use at least 16 random bytes").count(),
+        1,
+        "{stderr}"
+    );
+
+    let publish_v2 = Registry::open(path.to_str().unwrap()).unwrap();
+    publish(&publish_v2, "v002").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_loyalscore"))
+        .args([
+            "--registry",
+            path.to_str().unwrap(),
+            "alias",
+            "set",
+            "production",
+            "v002",
+            "--reason",
+            "container",
+        ])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env("HOSTNAME", "pod-7")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let h = publish_v2.alias_history("production").await.unwrap();
+    assert_eq!(h.last().unwrap().actor, "host:pod-7");
+}
+
+/// `quickstart --data` on a programme's own export: trained, promoted, and an example
+/// request of one of its own customers.
+#[test]
+fn quickstart_runs_on_your_own_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, _) = sample(dir.path(), 600, 700, 4);
+    let mine = dir.path().join("myshop.csv");
+    let renamed = std::fs::read_to_string(&csv)
+        .unwrap()
+        .replace("\nC", "\nSHOP-C");
+    std::fs::write(&mine, renamed).unwrap();
+    let reg = dir.path().join("models");
+    let out = Command::new(env!("CARGO_BIN_EXE_loyalscore"))
+        .args([
+            "--registry",
+            reg.to_str().unwrap(),
+            "quickstart",
+            "--no-serve",
+            "--data",
+            mine.to_str().unwrap(),
+            "--state",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let example: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("example-request.json")).unwrap(),
+    )
+    .unwrap();
+    let id = example["customer_id"].as_str().unwrap();
+    assert!(id.starts_with("SHOP-"), "{example}");
+    assert!(example["history"].as_array().unwrap().len() > 1);
+}
+
+/// `score-log` names the customers it could not score (the user's own terminal), not their
+/// position in a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_log_names_the_customers_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, _) = sample(dir.path(), 200, 400, 6);
+    let reg = dir.path().join("models");
+    crate::server::production_v001(reg.to_str().unwrap()).await;
+    // Histories longer than 3 purchases are refused by this server.
+    let server =
+        crate::server::TestServer::start(reg.to_str().unwrap(), |c| c.max_history = 3).await;
+    crate::server::until_serving(&server).await;
+    let out_csv = dir.path().join("scores.csv");
+    let addr = format!("http://{}", server.addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loyalscore"))
+        .args([
+            "score-log",
+            "--server",
+            &addr,
+            "--transactions",
+            csv.to_str().unwrap(),
+            "--as-of",
+            "2024-01-31",
+            "--out",
+            out_csv.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    server.stop().await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("customer \"C0") && stderr.contains("more than the limit of 3"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("item "), "{stderr}");
+}
