@@ -11,7 +11,7 @@ use crate::flags::{self, ServerArgs, TransactionsArgs};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
 use crate::scoring::Timing;
-use crate::trainer::batch::SCORE_COLUMNS;
+use crate::trainer::batch::{OUT_OF_RANGE_COLUMN, SCORE_COLUMNS};
 use crate::trainer::TransactionLog;
 use tonic::transport::Channel;
 
@@ -80,6 +80,7 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
     let mut header = SCORE_COLUMNS.to_vec();
     header.extend(Timing::COLUMNS);
+    header.push(OUT_OF_RANGE_COLUMN);
     header.extend(["experiment", "arm"]);
     w.write_record(&header)?;
     let counts = rt.block_on(score_all(&a, &log, &mut w))?;
@@ -202,7 +203,7 @@ fn write_result(
             };
             let mut row = vec![s.customer_id, churn, clv, s.segment, s.model_version];
             row.extend(timing);
-            row.extend([s.experiment, s.arm]);
+            row.extend([s.out_of_range.join(";"), s.experiment, s.arm]);
             w.write_record(&row)?;
         }
         Some(pb::batch_item::Result::Error(e)) => {

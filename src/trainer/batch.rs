@@ -9,7 +9,7 @@ use crate::scoring::{score_input, Model, ModelInput, Timing};
 use super::load::TransactionLog;
 
 /// The first columns of every scores CSV (`loyalscore-train score`, `loyalscore score-log`),
-/// before the timing columns ([`Timing::COLUMNS`]).
+/// before the timing columns ([`Timing::COLUMNS`]) and [`OUT_OF_RANGE_COLUMN`].
 pub const SCORE_COLUMNS: [&str; 5] = [
     "customer_id",
     "churn_probability",
@@ -17,6 +17,9 @@ pub const SCORE_COLUMNS: [&str; 5] = [
     "segment",
     "version",
 ];
+
+/// The features outside the version's fitting ranges, `;`-separated (empty: none).
+pub const OUT_OF_RANGE_COLUMN: &str = "out_of_range";
 
 /// Counts of a batch-scoring run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,7 @@ pub fn score_log(
     let mut w = csv::Writer::from_writer(out);
     let mut header = SCORE_COLUMNS.to_vec();
     header.extend(Timing::COLUMNS);
+    header.push(OUT_OF_RANGE_COLUMN);
     w.write_record(&header)?;
     for c in 0..log.n_customers() {
         let mut s = CustomerSummary::new();
@@ -63,6 +67,7 @@ pub fn score_log(
             model.version.clone(),
         ];
         row.extend(sc.timing.cells());
+        row.push(sc.out_of_range.join(";"));
         w.write_record(&row)?;
         counts.scored += 1;
     }

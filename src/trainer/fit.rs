@@ -304,7 +304,7 @@ pub fn train(
         },
         evaluated: recipe.evaluated,
         beats,
-        ranges: feature_ranges(&refit_rows.x),
+        ranges: feature_ranges(&refit_rows.x, opts.split.horizon_days),
     };
     let manifest = manifest(log, opts, run, &bundle, &bundle_bytes, facts);
     Ok(Trained {
@@ -505,13 +505,19 @@ struct Facts<'a> {
     ranges: Vec<FeatureRange>,
 }
 
-/// Each feature's range over the rows the forests were fitted on, in schema order.
-fn feature_ranges(x: &crate::forest::Matrix) -> Vec<FeatureRange> {
+/// Each feature's range over the rows the forests were fitted on, in schema order. Tenure
+/// grows with the calendar, and a version is scored up to a horizon after its latest
+/// labelled snapshot, so its range reaches that far: a long-standing customer is not
+/// "outside" merely because the data to label them has not happened yet.
+fn feature_ranges(x: &crate::forest::Matrix, horizon_days: u32) -> Vec<FeatureRange> {
     let mut r: Vec<(f64, f64)> = vec![(f64::INFINITY, f64::NEG_INFINITY); x.n_cols];
     for row in x.values.chunks_exact(x.n_cols.max(1)) {
         for (slot, &v) in r.iter_mut().zip(row) {
             *slot = (slot.0.min(v), slot.1.max(v));
         }
+    }
+    if let Some(t) = r.get_mut(crate::features::f::TENURE_DAYS) {
+        t.1 += f64::from(horizon_days);
     }
     crate::features::FEATURE_NAMES
         .iter()

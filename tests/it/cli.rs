@@ -488,7 +488,10 @@ async fn quickstart_score_client_and_offline_scoring() {
     let timing = "typical_gap_days,expected_next_purchase,days_overdue,overdue_percentile,contact_from,contact_by";
     assert_eq!(
         lines.next(),
-        Some(format!("customer_id,churn_probability,clv,segment,version,{timing}").as_str())
+        Some(
+            format!("customer_id,churn_probability,clv,segment,version,{timing},out_of_range")
+                .as_str()
+        )
     );
     let rows: Vec<&str> = lines.collect();
     assert!(rows.len() > 1000, "{msg}");
@@ -506,14 +509,15 @@ async fn quickstart_score_client_and_offline_scoring() {
     assert_eq!(
         online_lines.next(),
         Some(
-            format!("customer_id,churn_probability,clv,segment,version,{timing},experiment,arm")
+            format!("customer_id,churn_probability,clv,segment,version,{timing},out_of_range,experiment,arm")
                 .as_str()
         )
     );
     let parse = |r: &str| {
         let c: Vec<&str> = r.split(',').collect();
         let num = |s: &str| s.parse::<f64>().unwrap();
-        let t: Vec<String> = c[5..11].iter().map(|s| s.to_string()).collect();
+        // The timing columns and out_of_range.
+        let t: Vec<String> = c[5..12].iter().map(|s| s.to_string()).collect();
         (
             c[0].to_string(),
             (num(c[1]), num(c[2]), c[3].to_string(), t),
@@ -523,7 +527,7 @@ async fn quickstart_score_client_and_offline_scoring() {
     assert_eq!(online.len(), rows.len(), "{online_msg}");
     for r in &rows {
         let (id, offline) = parse(r);
-        assert_eq!(offline.3.len(), 6);
+        assert_eq!(offline.3.len(), 7);
         assert_eq!(online.get(&id), Some(&offline), "customer {id}");
     }
 }
