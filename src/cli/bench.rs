@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// Model name sent in --mode v2 requests.
     #[arg(long, default_value = "loyalscore")]
     pub model: String,
+    /// In --mode v2, send the tensor as raw_input_contents bytes (what tritonclient sends; the
+    /// answer comes back raw too) instead of typed contents.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// A plausible customer: 63 days since the last purchase, usually every 42.
@@ -194,19 +198,7 @@ fn request(a: &BenchArgs) -> Req {
                 })
                 .collect(),
         }),
-        Mode::V2 => Req::V2(v2::ModelInferRequest {
-            model_name: a.model.clone(),
-            inputs: vec![v2::model_infer_request::InferInputTensor {
-                name: "input-0".into(),
-                datatype: "FP64".into(),
-                shape: vec![a.batch_size as i64, N_FEATURES as i64],
-                contents: Some(v2::InferTensorContents {
-                    fp64_contents: (0..a.batch_size).flat_map(feature_values).collect(),
-                    ..Default::default()
-                }),
-            }],
-            ..Default::default()
-        }),
+        Mode::V2 => Req::V2(v2_request(a)),
         Mode::Health => Req::Health,
         Mode::ById => Req::ById {
             customers: a.customers.max(1),
@@ -216,6 +208,34 @@ fn request(a: &BenchArgs) -> Req {
             customers: a.customers.max(1),
             base: now,
         },
+    }
+}
+
+/// A V2 tensor of `--batch-size` rows, typed or (`--raw`) as little-endian bytes.
+fn v2_request(a: &BenchArgs) -> v2::ModelInferRequest {
+    let values: Vec<f64> = (0..a.batch_size).flat_map(feature_values).collect();
+    let (contents, raw_input_contents) = if a.raw {
+        (
+            None,
+            vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        )
+    } else {
+        let typed = v2::InferTensorContents {
+            fp64_contents: values,
+            ..Default::default()
+        };
+        (Some(typed), vec![])
+    };
+    v2::ModelInferRequest {
+        model_name: a.model.clone(),
+        inputs: vec![v2::model_infer_request::InferInputTensor {
+            name: "features".into(),
+            datatype: "FP64".into(),
+            shape: vec![a.batch_size as i64, N_FEATURES as i64],
+            contents,
+        }],
+        raw_input_contents,
+        ..Default::default()
     }
 }
 

@@ -183,28 +183,37 @@ impl InferenceService {
             churn.push(s.churn);
             clv.push(s.clv);
         }
+        // Answered the way the input came: raw bytes for raw bytes (what tritonclient sends
+        // and reads), typed contents otherwise.
+        let raw = !req.raw_input_contents.is_empty();
+        let mut raw_output_contents = Vec::new();
         let outputs = wanted
             .into_iter()
-            .map(|name| v2::model_infer_response::InferOutputTensor {
-                name: name.to_string(),
-                datatype: "FP64".into(),
-                shape: vec![n_rows as i64],
-                contents: Some(v2::InferTensorContents {
-                    fp64_contents: if name == "clv" {
-                        clv.clone()
-                    } else {
-                        churn.clone()
-                    },
-                    ..Default::default()
-                }),
+            .map(|name| {
+                let values = if name == "clv" { &clv } else { &churn };
+                let contents = if raw {
+                    raw_output_contents.push(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+                    None
+                } else {
+                    Some(v2::InferTensorContents {
+                        fp64_contents: values.clone(),
+                        ..Default::default()
+                    })
+                };
+                v2::model_infer_response::InferOutputTensor {
+                    name: name.to_string(),
+                    datatype: "FP64".into(),
+                    shape: vec![n_rows as i64],
+                    contents,
+                }
             })
             .collect();
         Ok(v2::ModelInferResponse {
-            model_name: req.model_name,
+            model_name: MODEL_NAME.into(),
             model_version: model.version.clone(),
             id: req.id,
             outputs,
-            raw_output_contents: vec![],
+            raw_output_contents,
         })
     }
 }
@@ -232,7 +241,9 @@ impl GrpcInferenceService for InferenceService {
         req: Request<v2::ModelReadyRequest>,
     ) -> Result<Response<v2::ModelReadyResponse>, Status> {
         let r = req.get_ref();
-        let ready = check_model_name(&r.name).is_ok() && self.model(&r.version).await.is_ok();
+        // A model that does not exist here is not "not ready": it is NOT_FOUND.
+        check_model_name(&r.name).map_err(convert::scoring_status)?;
+        let ready = self.model(&r.version).await.is_ok();
         Ok(Response::new(v2::ModelReadyResponse { ready }))
     }
 
@@ -286,13 +297,23 @@ fn metadata(model: &Model) -> v2::ModelMetadataResponse {
         name: name.into(),
         datatype: "FP64".into(),
         shape,
+        parameters: Default::default(),
     };
+    let mut input = tensor("features", vec![-1, N_FEATURES as i64]);
+    input.parameters.insert(
+        "feature_names".into(),
+        v2::InferParameter {
+            parameter_choice: Some(v2::infer_parameter::ParameterChoice::StringParam(
+                model.schema().names.join(","),
+            )),
+        },
+    );
     v2::ModelMetadataResponse {
         name: MODEL_NAME.into(),
         versions: vec![model.version.clone()],
         platform: "loyalscore-random-forest".into(),
         // FP32 is accepted as well; the features are the schema's, in its order (`models show`).
-        inputs: vec![tensor("features", vec![-1, N_FEATURES as i64])],
+        inputs: vec![input],
         outputs: OUTPUTS.iter().map(|o| tensor(o, vec![-1])).collect(),
     }
 }

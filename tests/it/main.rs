@@ -15,3 +15,4 @@ mod skew;
 mod state;
 mod support;
 mod trainer;
+mod v2_conformance;

@@ -763,18 +763,20 @@ async fn v2_model_infer_matches_score() {
     let mut raw = by_contents.clone();
     raw.inputs[0].contents = None;
     raw.raw_input_contents = vec![flat.iter().flat_map(|v| v.to_le_bytes()).collect()];
-    for req in [by_contents.clone(), raw] {
+    for (req, raw_out) in [(by_contents.clone(), false), (raw, true)] {
         let r = client.model_infer(req).await.unwrap().into_inner();
         assert_eq!((r.model_version.as_str(), r.id.as_str()), ("v001", "r1"));
+        // Raw bytes in, raw bytes out (in the order of the outputs); typed contents otherwise.
+        assert_eq!(r.raw_output_contents.len(), if raw_out { 2 } else { 0 });
         let out = |name: &str| {
-            r.outputs
-                .iter()
-                .find(|o| o.name == name)
-                .unwrap()
-                .contents
-                .clone()
-                .unwrap()
-                .fp64_contents
+            let i = r.outputs.iter().position(|o| o.name == name).unwrap();
+            match &r.outputs[i].contents {
+                Some(c) => c.fp64_contents.clone(),
+                None => r.raw_output_contents[i]
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            }
         };
         let (churn, clv) = (out("churn_probability"), out("clv"));
         for k in 0..3 {
@@ -821,9 +823,11 @@ async fn v2_model_infer_matches_score() {
     };
     assert!(!is_ready(&mut client, ready("loyalscore", "v404")).await);
     assert!(is_ready(&mut client, ready("loyalscore", "")).await);
-    assert!(
-        !is_ready(&mut client, ready("foo", "")).await,
-        "another model is not ready here"
+    let err = client.model_ready(ready("foo", "")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "another model is not served here"
     );
 
     // FP64 data in the FP32 field is a type mismatch, said as such.
