@@ -15,6 +15,9 @@ use crate::model::{Manifest, ModelBundle, Segment, SegmentInputs, SegmentRules};
 pub struct Limits {
     pub max_history: usize,
     pub max_batch: usize,
+    /// Most transactions in one request, over all its customers: the cost budget checked
+    /// before any work starts.
+    pub max_request_transactions: usize,
 }
 
 impl Default for Limits {
@@ -22,6 +25,7 @@ impl Default for Limits {
         Limits {
             max_history: 10_000,
             max_batch: 10_000,
+            max_request_transactions: 1_000_000,
         }
     }
 }
@@ -41,6 +45,12 @@ pub enum ScoringError {
     VersionUnusable { version: String, reason: String },
     #[error("no model version is loaded yet")]
     NotReady,
+    /// The server could not run the work (its scoring pool is shutting down).
+    #[error("{0}")]
+    Busy(String),
+    /// More distinct pinned versions than the server holds at once.
+    #[error("this server holds at most {0} pinned versions at once (--max-pinned-versions) and all are in use; retry later, or pin a version already held")]
+    TooManyPins(usize),
     /// A KServe V2 request named another model than the one served.
     #[error("model {0:?} is not served here; the model is named loyalscore")]
     ModelNotServed(String),
@@ -443,6 +453,25 @@ pub fn check_batch_len(field: &str, n: usize, limits: &Limits) -> Result<(), Sco
             format!(
                 "has {n} customers, more than the limit of {}",
                 limits.max_batch
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a request whose customers' histories hold more transactions in all than the cost
+/// budget, before any of them is converted or scored.
+pub fn check_request_cost(
+    field: &str,
+    transactions: usize,
+    limits: &Limits,
+) -> Result<(), ScoringError> {
+    if transactions > limits.max_request_transactions {
+        return Err(ScoringError::invalid(
+            field,
+            format!(
+                "hold {transactions} transactions in all, more than the limit of {} a request; split the batch",
+                limits.max_request_transactions
             ),
         ));
     }

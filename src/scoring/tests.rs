@@ -207,6 +207,7 @@ fn history_errors_name_the_transaction() {
     let limits = Limits {
         max_history: 3,
         max_batch: 10,
+        ..Limits::default()
     };
     let t = |day: i64, amount: f64| Transaction::new(20_000 * DAY + day * DAY, amount);
     let as_of = 20_000 * DAY + 100 * DAY;

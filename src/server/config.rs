@@ -32,6 +32,42 @@ pub struct Config {
     /// Most transactions in one customer's history.
     #[arg(long, env = "LOYALSCORE_MAX_HISTORY", default_value_t = 10_000)]
     pub max_history: usize,
+    /// Most transactions in one request over all its customers (the cost budget, checked
+    /// before any work starts; past it: INVALID_ARGUMENT on items).
+    #[arg(
+        long,
+        env = "LOYALSCORE_MAX_REQUEST_TRANSACTIONS",
+        default_value_t = 1_000_000
+    )]
+    pub max_request_transactions: usize,
+    /// Threads that score large batches (0: one per core); small requests are scored where
+    /// they arrive.
+    #[arg(long, env = "LOYALSCORE_SCORING_THREADS", default_value_t = 0)]
+    pub scoring_threads: usize,
+    /// Scoring and V2 requests in progress at once over all connections; past it a request
+    /// is refused at once with RESOURCE_EXHAUSTED (retry with backoff), never queued.
+    #[arg(
+        long,
+        env = "LOYALSCORE_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256
+    )]
+    pub max_concurrent_requests: usize,
+    /// Pinned versions (requests naming `version`) held loaded at once; a new one beyond it
+    /// takes the place of one unused for a minute, else is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LOYALSCORE_MAX_PINNED_VERSIONS", default_value_t = 4)]
+    pub max_pinned_versions: usize,
+    /// Connections open at once; one past it is closed at once. Default: three quarters of
+    /// the process's open-file limit, at most 10,000.
+    #[arg(long, env = "LOYALSCORE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection may stay silent before it is closed (the HTTP/2 preface is
+    /// its first bytes), so idle sockets cannot hold the connection slots.
+    #[arg(long, env = "LOYALSCORE_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Seconds between HTTP/2 keepalive pings; a connection whose peer does not answer one
+    /// within 20 s is closed. 0: no pings.
+    #[arg(long, env = "LOYALSCORE_HTTP2_KEEPALIVE_SECS", default_value_t = 60)]
+    pub http2_keepalive_secs: u64,
     /// Largest request message the server decodes, in bytes.
     #[arg(long, env = "LOYALSCORE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -80,10 +116,18 @@ impl Config {
         Ok(Only::from_arg_matches(&matches)?.config)
     }
 
+    /// The connection limit in force (see `--max-connections`).
+    pub fn connection_limit(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            super::conn::open_files_limit().map_or(10_000, |n| (n / 4 * 3).clamp(64, 10_000))
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_history: self.max_history,
             max_batch: self.max_batch,
+            max_request_transactions: self.max_request_transactions,
         }
     }
 }

@@ -14,11 +14,13 @@ pub fn scoring_code(e: &ScoringError) -> Code {
         ScoringError::VersionNotFound(_) => Code::NotFound,
         ScoringError::VersionUnavailable { .. }
         | ScoringError::NotReady
+        | ScoringError::Busy(_)
         | ScoringError::StateUnavailable(_) => Code::Unavailable,
         ScoringError::VersionUnusable { .. } | ScoringError::StateUnusable(_) => {
             Code::FailedPrecondition
         }
         ScoringError::CustomerNotFound(_) | ScoringError::ModelNotServed(_) => Code::NotFound,
+        ScoringError::TooManyPins(_) => Code::ResourceExhausted,
     }
 }
 

@@ -42,6 +42,13 @@ pub struct Metrics {
     pub state_events: IntCounterVec,
     /// State store calls by operation (get, apply), in seconds.
     pub state_latency: HistogramVec,
+    /// Customers scored (Score and BatchScore items, as each chunk finishes): a batch that
+    /// stops at its deadline stops adding here.
+    pub scored_items: prometheus::IntCounter,
+    /// Pinned version loads by result (ok, failed).
+    pub pin_loads: IntCounterVec,
+    /// Connections closed on arrival because every slot was taken.
+    pub connections_refused: prometheus::IntCounter,
 }
 
 /// The gRPC code's name as a metric label (and in BatchScore item errors).
@@ -190,7 +197,25 @@ impl Metrics {
             &["op"],
             latency_buckets(),
         );
+        let scored_items = must(prometheus::IntCounter::new(
+            "scored_items_total",
+            "customers scored, counted as each chunk of work finishes",
+        ));
+        let _ = registry.register(Box::new(scored_items.clone()));
+        let connections_refused = must(prometheus::IntCounter::new(
+            "connections_refused_total",
+            "connections closed on arrival because --max-connections were open",
+        ));
+        let _ = registry.register(Box::new(connections_refused.clone()));
+        let pin_loads = counter(
+            "pinned_loads_total",
+            "pinned version loads (off the request path) by result",
+            &["result"],
+        );
         Metrics {
+            pin_loads,
+            connections_refused,
+            scored_items,
             registry,
             state_events,
             state_latency,

@@ -6,9 +6,12 @@
 
 mod auth;
 mod config;
+mod conn;
 mod convert;
 mod metrics;
 mod models;
+mod outcomes;
+mod pool;
 mod registry_api;
 mod scoring_api;
 mod shadow;
@@ -21,7 +24,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
+
+/// The router with every request passing the outcomes layer first.
+type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<outcomes::OutcomesLayer, tower::layer::util::Identity>,
+>;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -77,7 +85,7 @@ pub async fn serve(
     let models = Arc::new(Models::new(
         registry,
         config.alias.alias.clone(),
-        metrics.clone(),
+        (metrics.clone(), config.max_pinned_versions),
         health,
     ));
     let (exposures, exposure_writer) = start_exposures(&config)?;
@@ -97,22 +105,9 @@ pub async fn serve(
     if state.is_some() {
         tracing::info!(state = %config.state.state, "customer state on: Score by customer id, RecordPurchases");
     }
-    let scoring = scoring_api::ScoringService {
-        models: models.clone(),
-        metrics: metrics.clone(),
-        limits: config.limits(),
-        shadows,
-        exposures,
-        state: state.clone(),
-    };
-    let state_service = state_api::StateService {
-        store: state,
-        metrics: metrics.clone(),
-        limits: config.limits(),
-        lateness: config.state.state_lateness_secs.max(0),
-        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
-    };
-    let router = services(&config, &models, &metrics, scoring)?
+    let (scoring, state_service, work) =
+        scoring_services(&config, &models, &metrics, (shadows, exposures, state));
+    let router = services(&config, &models, &metrics, scoring, work)?
         .add_service(health_service)
         .add_service(
             CustomerStateServer::new(state_service)
@@ -121,7 +116,15 @@ pub async fn serve(
 
     let addr = grpc.local_addr()?;
     tracing::info!(%addr, registry = %config.registry.registry, alias = %config.alias.alias, "serving gRPC");
-    let result = run_until(router, grpc, shutdown, &config, stop_tx, stop_rx).await;
+    let result = run_until(
+        router,
+        grpc,
+        shutdown,
+        (&config, &metrics),
+        stop_tx,
+        stop_rx,
+    )
+    .await;
     follower.abort();
     shadow_task.abort();
     let after = tokio::time::Instant::now() + AFTER_DRAIN;
@@ -138,6 +141,46 @@ pub async fn serve(
         let _ = tokio::time::timeout_at(after, t).await;
     }
     result
+}
+
+/// The Scoring and CustomerState services, with the scoring pool and the in-flight limit
+/// they share with KServe V2.
+fn scoring_services(
+    config: &Config,
+    models: &Arc<Models>,
+    metrics: &Arc<Metrics>,
+    (shadows, exposures, state): (
+        shadow::Shadows,
+        Option<ExposureLog>,
+        Option<Arc<dyn crate::state::CustomerStore>>,
+    ),
+) -> (
+    scoring_api::ScoringService,
+    state_api::StateService,
+    (pool::ScoringPool, Arc<tokio::sync::Semaphore>),
+) {
+    let pool = pool::ScoringPool::new(config.scoring_threads);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        config.max_concurrent_requests.max(1),
+    ));
+    let scoring = scoring_api::ScoringService {
+        pool: pool.clone(),
+        in_flight: in_flight.clone(),
+        models: models.clone(),
+        metrics: metrics.clone(),
+        limits: config.limits(),
+        shadows,
+        exposures,
+        state: state.clone(),
+    };
+    let state_service = state_api::StateService {
+        store: state,
+        metrics: metrics.clone(),
+        limits: config.limits(),
+        lateness: config.state.state_lateness_secs.max(0),
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+    };
+    (scoring, state_service, (pool, in_flight))
 }
 
 /// The health service, NOT_SERVING for scoring until a model is loaded.
@@ -180,12 +223,15 @@ fn services(
     models: &Arc<Models>,
     metrics: &Arc<Metrics>,
     scoring: scoring_api::ScoringService,
+    (pool, in_flight): (pool::ScoringPool, Arc<tokio::sync::Semaphore>),
 ) -> Result<Router, ServerError> {
     let scoring = ScoringServer::new(scoring).max_decoding_message_size(config.max_message_bytes);
     let inference = GrpcInferenceServiceServer::new(v2_api::InferenceService {
         models: models.clone(),
         metrics: metrics.clone(),
         limits: config.limits(),
+        pool,
+        in_flight,
     })
     .max_decoding_message_size(config.max_message_bytes);
     let reflection = || {
@@ -206,7 +252,14 @@ fn services(
     if admin.is_none() {
         tracing::info!("no admin token: the Registry admin service is off");
     }
+    let keepalive =
+        (config.http2_keepalive_secs > 0).then(|| Duration::from_secs(config.http2_keepalive_secs));
     Ok(Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(outcomes::OutcomesLayer {
+            metrics: metrics.clone(),
+        })
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(scoring)
@@ -220,13 +273,20 @@ async fn run_until(
     router: Router,
     grpc: TcpListener,
     shutdown: impl Future<Output = ()>,
-    config: &Config,
+    (config, metrics): (&Config, &Arc<Metrics>),
     stop_tx: watch::Sender<bool>,
     mut drain_rx: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     // Without TCP_NODELAY a response that spans several segments waits for the client's
     // delayed ACK: 40 ms added to every large answer (explained scores, batches).
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let refused = metrics.connections_refused.clone();
+    let incoming = conn::limit(
+        incoming,
+        config.connection_limit(),
+        Duration::from_secs(config.handshake_timeout_secs.max(1)),
+        move || refused.inc(),
+    );
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         let _ = drain_rx.changed().await;
     });

@@ -1,7 +1,9 @@
 //! The model versions a server holds: the active one (following an alias, swapped atomically),
 //! the running experiment's versions (following the alias's traffic document, swapped the same
-//! way) and at most one pinned one. Loading happens off the request path; a version or a
-//! traffic document that fails to load leaves the old one serving.
+//! way) and a small bounded cache of pinned ones. Loading (reading, decoding, warming) runs
+//! on a blocking thread, never on the request threads, and a replaced version is dropped
+//! there too once the last request holding it is done; a version or a traffic document that
+//! fails to load leaves the old one serving.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +49,129 @@ impl LoadError {
     }
 }
 
+/// How long a pinned version that failed to load is answered from memory before it is
+/// tried again.
+pub const PIN_FAILURE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a pinned version stays in the cache, unused, before a new pin may take its place.
+const PIN_RESIDENCY: Duration = Duration::from_secs(60);
+
+type PinResult = Result<Arc<Model>, ScoringError>;
+
+/// One pinned version: loading (watch the channel), loaded, or failed.
+struct Pin {
+    rx: tokio::sync::watch::Receiver<Option<PinResult>>,
+    failed_at: Option<std::time::Instant>,
+    last_used: std::time::Instant,
+}
+
+/// The pinned versions held, at most `cap`.
+struct PinCache {
+    pins: std::collections::HashMap<String, Pin>,
+    cap: usize,
+}
+
+impl PinCache {
+    fn new(cap: usize) -> Self {
+        PinCache {
+            pins: Default::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// The channel the version's load answers on, and the sender when the caller must start
+    /// the load. A full cache makes room only from a pin unused for [`PIN_RESIDENCY`].
+    #[allow(clippy::type_complexity)]
+    fn lookup(
+        &mut self,
+        version: &str,
+    ) -> Result<
+        (
+            tokio::sync::watch::Receiver<Option<PinResult>>,
+            Option<tokio::sync::watch::Sender<Option<PinResult>>>,
+        ),
+        ScoringError,
+    > {
+        let now = std::time::Instant::now();
+        if let Some(p) = self.pins.get_mut(version) {
+            let retry = p.failed_at.is_some_and(|t| now - t >= PIN_FAILURE_TTL);
+            if !retry {
+                p.last_used = now;
+                return Ok((p.rx.clone(), None));
+            }
+            self.pins.remove(version);
+        }
+        if self.pins.len() >= self.cap {
+            let idle = self
+                .pins
+                .iter()
+                .filter(|(_, p)| p.rx.borrow().is_some() && now - p.last_used >= PIN_RESIDENCY)
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(v, _)| v.clone());
+            match idle {
+                Some(v) => {
+                    self.pins.remove(&v);
+                }
+                None => return Err(ScoringError::TooManyPins(self.cap)),
+            }
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let pin = Pin {
+            rx: rx.clone(),
+            failed_at: None,
+            last_used: now,
+        };
+        self.pins.insert(version.to_string(), pin);
+        Ok((rx, Some(tx)))
+    }
+
+    /// Notes when a load failed, so it is retried after [`PIN_FAILURE_TTL`].
+    fn settle(&mut self, version: &str, r: &PinResult) {
+        if let Some(p) = self.pins.get_mut(version) {
+            if r.is_err() && p.failed_at.is_none() {
+                p.failed_at = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// Reads, verifies and warms a version on a blocking thread: decoding and warming cost tens
+/// of milliseconds of CPU, which on a request thread stall every request queued behind it.
+async fn load_off_thread(registry: Registry, version: String) -> Result<Arc<Model>, LoadError> {
+    let rt = tokio::runtime::Handle::current();
+    let work = tokio::task::spawn_blocking(move || {
+        rt.block_on(async {
+            let (manifest, bundle) = registry.load(&version).await?;
+            let model = Model::new(manifest, bundle)?;
+            let warm = crate::scoring::Explain {
+                reasons: true,
+                ..Default::default()
+            };
+            let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], 0, warm);
+            Ok(Arc::new(model))
+        })
+    });
+    work.await.unwrap_or_else(|e| {
+        Err(LoadError::Registry(RegistryError::Store(
+            object_store::Error::Generic {
+                store: "loader",
+                source: Box::new(e),
+            },
+        )))
+    })
+}
+
+/// Drops a replaced version on a blocking thread once no request holds it: freeing a
+/// forest's pages on a request thread stalled the tail at every hot swap.
+fn retire<T: Send + Sync + 'static>(old: Arc<T>) {
+    tokio::spawn(async move {
+        while Arc::strong_count(&old) > 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+    });
+}
+
 /// How often a server that serves nothing says why.
 const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -59,8 +184,8 @@ pub struct Models {
     routing: ArcSwapOption<Routing>,
     /// The traffic record applied last (0: none), and the last one that failed.
     traffic_seq: Mutex<(u64, Option<u64>)>,
-    /// The last pinned version asked for, kept so repeated pins do not reload it.
-    pinned: Mutex<Option<Arc<Model>>>,
+    /// Pinned versions, loaded once and shared by every request that names them.
+    pins: Mutex<PinCache>,
     /// The last version that failed to load: not retried until the alias moves.
     failed: Mutex<Option<String>>,
     registry: Registry,
@@ -75,14 +200,14 @@ impl Models {
     pub fn new(
         registry: Registry,
         alias: String,
-        metrics: Arc<Metrics>,
+        (metrics, max_pins): (Arc<Metrics>, usize),
         health: HealthReporter,
     ) -> Self {
         Models {
             active: ArcSwapOption::empty(),
             routing: ArcSwapOption::empty(),
             traffic_seq: Mutex::new((0, None)),
-            pinned: Mutex::new(None),
+            pins: Mutex::new(PinCache::new(max_pins)),
             failed: Mutex::new(None),
             registry,
             alias,
@@ -110,15 +235,12 @@ impl Models {
         self.routing.load_full()
     }
 
-    /// The model for a pinned version: the active one, the cached pinned one, or loaded now.
+    /// The model for a pinned version: the active one, or the pin cache's (loaded once, off
+    /// the request threads, for every request naming it; a failure is remembered for
+    /// [`PIN_FAILURE_TTL`]). More distinct pins than the cache holds are refused.
     pub async fn pinned(&self, version: &str) -> Result<Arc<Model>, ScoringError> {
         if let Some(m) = self.active().filter(|m| m.version == version) {
             return Ok(m);
-        }
-        if let Ok(p) = self.pinned.lock() {
-            if let Some(m) = p.as_ref().filter(|m| m.version == version) {
-                return Ok(m.clone());
-            }
         }
         // Checked before it reaches a log line or a store key.
         if !crate::model::is_safe_name(version) {
@@ -127,31 +249,47 @@ impl Models {
                 "is not a version id (letters, digits, '.', '_' and '-' only)",
             ));
         }
-        let m = self.load(version).await.map_err(|e| {
-            if matches!(e, LoadError::Registry(RegistryError::Store(_))) {
-                tracing::warn!(%version, error = %e, "pinned version cannot be loaded: the registry is unavailable");
-            } else {
-                tracing::debug!(%version, error = %e, "pinned version cannot be used");
-            }
-            e.for_request(version)
-        })?;
-        if let Ok(mut p) = self.pinned.lock() {
-            *p = Some(m.clone());
+        let (mut rx, start) = {
+            let mut cache = self.pins.lock().map_err(|_| ScoringError::NotReady)?;
+            cache.lookup(version)?
+        };
+        if let Some(tx) = start {
+            let (registry, v, metrics) = (
+                self.registry.clone(),
+                version.to_string(),
+                self.metrics.clone(),
+            );
+            tokio::spawn(async move {
+                let r = load_off_thread(registry, v.clone()).await.map_err(|e| {
+                    if matches!(e, LoadError::Registry(RegistryError::Store(_))) {
+                        tracing::warn!(version = %v, error = %e, "pinned version cannot be loaded: the registry is unavailable");
+                    } else {
+                        tracing::debug!(version = %v, error = %e, "pinned version cannot be used");
+                    }
+                    e.for_request(&v)
+                });
+                let outcome = if r.is_ok() { "ok" } else { "failed" };
+                metrics.pin_loads.with_label_values(&[outcome]).inc();
+                let _ = tx.send(Some(r));
+            });
         }
-        Ok(m)
+        let r = loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                break r;
+            }
+            if rx.changed().await.is_err() {
+                break Err(ScoringError::NotReady);
+            }
+        };
+        if let Ok(mut cache) = self.pins.lock() {
+            cache.settle(version, &r);
+        }
+        r
     }
 
-    /// Loads and verifies a version, then warms it: the forests' walking layout is built and
-    /// their pages touched before the first request meets them.
+    /// Loads and verifies a version, then warms it, on a blocking thread.
     async fn load(&self, version: &str) -> Result<Arc<Model>, LoadError> {
-        let (manifest, bundle) = self.registry.load(version).await?;
-        let model = Model::new(manifest, bundle)?;
-        let warm = crate::scoring::Explain {
-            reasons: true,
-            ..Default::default()
-        };
-        let _ = crate::scoring::score(&model, &[0.0; crate::features::N_FEATURES], 0, warm);
-        Ok(Arc::new(model))
+        load_off_thread(self.registry.clone(), version.to_string()).await
     }
 
     /// Reads the alias and its traffic document and applies what changed. Returns the version
@@ -198,7 +336,9 @@ impl Models {
                         tracing::info!(seq = record.seq, alias = %self.alias, "experiment stopped; all traffic follows the alias")
                     }
                 }
-                self.routing.store(routing.map(Arc::new));
+                if let Some(old) = self.routing.swap(routing.map(Arc::new)) {
+                    retire(old);
+                }
                 self.metrics.traffic_loads.with_label_values(&["ok"]).inc();
                 if let Ok(mut g) = self.traffic_seq.lock() {
                     *g = (record.seq, None);
@@ -262,7 +402,9 @@ impl Models {
         };
         match loaded {
             Ok(model) => {
-                self.active.store(Some(model));
+                if let Some(old) = self.active.swap(Some(model)) {
+                    retire(old);
+                }
                 self.metrics.loads.with_label_values(&["ok"]).inc();
                 if let Some(old) = &current {
                     let _ = self.metrics.active.remove_label_values(&[old.as_str()]);

@@ -19,8 +19,13 @@ use crate::scoring::{self, Explain, Limits, Locale, Model, ModelInput, NamePlan,
 use crate::state::{CustomerState, CustomerStore};
 use crate::time::fmt_ts;
 
+#[derive(Clone)]
 pub struct ScoringService {
     pub models: Arc<Models>,
+    /// Where batches are scored, off the request threads.
+    pub pool: super::pool::ScoringPool,
+    /// Slots for scoring requests in progress; none free: RESOURCE_EXHAUSTED at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub shadows: Shadows,
@@ -73,6 +78,77 @@ impl Answerer<'_> {
 /// The batch's shared feature names, resolved once (or the error every item using them gets).
 type BatchNames = Option<Result<NamePlan, ScoringError>>;
 
+/// The pinned versions a request names, each resolved once before scoring starts.
+type Pins = std::collections::HashMap<String, Result<Arc<Model>, ScoringError>>;
+
+/// A request's outcome in the metrics, also when it never finishes: a client that gave up
+/// (its future dropped) counts as DEADLINE_EXCEEDED when its deadline had passed, else as
+/// CANCELLED.
+struct Outcome {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    start: Instant,
+    deadline: Option<Instant>,
+    version: String,
+    done: bool,
+    /// Tells the outcomes layer this request is counted here.
+    counted: Option<super::outcomes::Counted>,
+}
+
+impl Outcome {
+    fn new<T>(
+        metrics: &Arc<Metrics>,
+        (method, req): (&'static str, &Request<T>),
+        start: Instant,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Outcome {
+            counted: req.extensions().get::<super::outcomes::Counted>().cloned(),
+            metrics: metrics.clone(),
+            method,
+            start,
+            deadline,
+            version: String::new(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, code: Code, version: &str) {
+        self.done = true;
+        if let Some(c) = &self.counted {
+            c.mark();
+        }
+        self.metrics
+            .observe_request(self.method, code, version, self.start);
+    }
+
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.done {
+            let code = if super::pool::gave_up(self.start, self.deadline) {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            };
+            let version = std::mem::take(&mut self.version);
+            self.finish(code, &version);
+        }
+    }
+}
+
+/// An item's transactions, its share of the cost budget.
+fn cost(item: &pb::ScoreRequest) -> usize {
+    match &item.input {
+        Some(pb::score_request::Input::History(h)) => h.transactions.len(),
+        _ => 0,
+    }
+}
+
 /// Customer ids are logged nowhere, but they are hashed and echoed: keep them bounded.
 fn check_customer_id(id: &str) -> Result<(), ScoringError> {
     if id.is_empty() {
@@ -97,13 +173,18 @@ impl ScoringService {
 
     /// A pinned version bypasses the experiment; otherwise a running experiment routes by
     /// customer, and without one the alias's version answers.
-    async fn answerer<'a>(
+    fn answerer<'a>(
         &self,
         item: &pb::ScoreRequest,
         snap: &'a Snapshot,
+        pins: &Pins,
     ) -> Result<Answerer<'a>, ScoringError> {
         if !item.version.is_empty() {
-            return Ok(Answerer::Plain(self.models.pinned(&item.version).await?));
+            let pinned = pins
+                .get(&item.version)
+                .cloned()
+                .unwrap_or_else(|| Err(ScoringError::NotReady))?;
+            return Ok(Answerer::Plain(pinned));
         }
         if let Some(routing) = &snap.routing {
             return Ok(match routing.route(&item.customer_id) {
@@ -124,18 +205,30 @@ impl ScoringService {
             .ok_or(ScoringError::NotReady)
     }
 
+    /// Every distinct pinned version the items name, loaded (or refused) once for them all.
+    async fn resolve_pins(&self, items: &[pb::ScoreRequest]) -> Pins {
+        let mut pins = Pins::new();
+        for item in items.iter().filter(|i| !i.version.is_empty()) {
+            if !pins.contains_key(&item.version) {
+                let m = self.models.pinned(&item.version).await;
+                pins.insert(item.version.clone(), m);
+            }
+        }
+        pins
+    }
+
     /// Validates and scores one item: the same path for Score and each BatchScore item.
-    async fn score_one(
+    fn score_one(
         &self,
         item: pb::ScoreRequest,
         snap: &Snapshot,
-        (batch_names, stored): (&BatchNames, Option<Stored>),
+        (batch_names, stored, pins): (&BatchNames, Option<Stored>, &Pins),
         now: i64,
         start: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ScoringError> {
         check_customer_id(&item.customer_id)?;
         let locale = Locale::parse(&item.locale)?;
-        let who = self.answerer(&item, snap).await?;
+        let who = self.answerer(&item, snap, pins)?;
         let (input, as_of) = self.features(&item, who.model(), (batch_names, stored), now)?;
         let (routing, arm, resp) = match who {
             Answerer::Plain(model) => return Ok(self.scored(&model, item, &input, as_of, locale)),
@@ -371,6 +464,56 @@ fn no_state() -> ScoringError {
     )
 }
 
+/// A slot for a request in progress, or RESOURCE_EXHAUSTED at once: past the limit, load is
+/// shed rather than queued without bound.
+fn slot(
+    in_flight: &Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    in_flight.clone().try_acquire_owned().map_err(|_| {
+        Status::resource_exhausted(
+            "the server is at its limit of requests in progress (--max-concurrent-requests); retry after a short backoff",
+        )
+    })
+}
+
+impl ScoringService {
+    /// A batch's items scored on the pool, a chunk at a time; stops between chunks once the
+    /// deadline has passed.
+    async fn score_batch(
+        &self,
+        items: Vec<(pb::ScoreRequest, Option<Stored>)>,
+        snap: Arc<Snapshot>,
+        (plan, pins): (Arc<BatchNames>, Arc<Pins>),
+        outcome: &Outcome,
+    ) -> Result<Vec<Result<pb::ScoreResponse, ScoringError>>, Status> {
+        let now = now();
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in super::pool::chunks(items, |(i, _)| cost(i) + 1) {
+            if outcome.expired() {
+                return Err(Status::deadline_exceeded(format!(
+                    "the deadline passed after {} of the batch's items; the rest were not scored",
+                    out.len()
+                )));
+            }
+            let (svc, snap, plan, pins) = (self.clone(), snap.clone(), plan.clone(), pins.clone());
+            let scored = self
+                .pool
+                .run(move || {
+                    chunk
+                        .into_iter()
+                        .map(|(item, stored)| {
+                            svc.score_one(item, &snap, (&plan, stored, &pins), now, None)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await?;
+            self.metrics.scored_items.inc_by(scored.len() as u64);
+            out.extend(scored);
+        }
+        Ok(out)
+    }
+}
+
 #[tonic::async_trait]
 impl Scoring for ScoringService {
     async fn score(
@@ -378,21 +521,25 @@ impl Scoring for ScoringService {
         req: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let start = Instant::now();
+        let mut outcome = Outcome::new(&self.metrics, ("Score", &req), start, None);
+        let _slot =
+            slot(&self.in_flight).inspect_err(|_| outcome.finish(Code::ResourceExhausted, ""))?;
         let item = req.into_inner();
         let snap = self.snapshot();
+        outcome.version = snap.version().to_string();
         let stored = self
             .fetch_stored(std::slice::from_ref(&item))
             .await
             .pop()
             .flatten();
-        let result = self
-            .score_one(item, &snap, (&None, stored), now(), Some(start))
-            .await;
-        let (code, version) = match &result {
-            Ok(r) => (Code::Ok, r.model_version.as_str()),
-            Err(e) => (convert::scoring_code(e), snap.version()),
-        };
-        self.metrics.observe_request("Score", code, version, start);
+        let pins = self.resolve_pins(std::slice::from_ref(&item)).await;
+        // One customer is cheap (its history is bounded): scored where it arrived.
+        let result = self.score_one(item, &snap, (&None, stored, &pins), now(), Some(start));
+        match &result {
+            Ok(r) => outcome.finish(Code::Ok, &r.model_version),
+            Err(e) => outcome.finish(convert::scoring_code(e), snap.version()),
+        }
+        self.metrics.scored_items.inc();
         result.map(Response::new).map_err(convert::scoring_status)
     }
 
@@ -401,44 +548,63 @@ impl Scoring for ScoringService {
         req: Request<pb::BatchScoreRequest>,
     ) -> Result<Response<pb::BatchScoreResponse>, Status> {
         let start = Instant::now();
+        // The deadline as counted from the request's headers, when the outcomes layer saw them.
+        let deadline = req
+            .extensions()
+            .get::<super::outcomes::Counted>()
+            .map_or_else(|| super::pool::deadline(req.metadata(), start), |c| c.1);
+        let mut outcome = Outcome::new(&self.metrics, ("BatchScore", &req), start, deadline);
+        let _slot =
+            slot(&self.in_flight).inspect_err(|_| outcome.finish(Code::ResourceExhausted, ""))?;
         let batch = req.into_inner();
         // One state for the whole batch: a swap mid-batch never mixes versions or routings.
-        let snap = self.snapshot();
-        if let Err(e) = scoring::check_batch_len("items", batch.items.len(), &self.limits) {
-            let code = convert::scoring_code(&e);
-            self.metrics
-                .observe_request("BatchScore", code, snap.version(), start);
+        let snap = Arc::new(self.snapshot());
+        outcome.version = snap.version().to_string();
+        let total: usize = batch.items.iter().map(cost).sum();
+        let checked = scoring::check_batch_len("items", batch.items.len(), &self.limits)
+            .and_then(|()| scoring::check_request_cost("items", total, &self.limits));
+        if let Err(e) = checked {
+            outcome.finish(convert::scoring_code(&e), snap.version());
             return Err(convert::scoring_status(e));
         }
-        let now = now();
         // Every model has this build's schema (Model::new), so one plan serves every item.
         let plan = (!batch.feature_names.is_empty())
             .then(|| NamePlan::new(&FeatureSchema::current(), &batch.feature_names));
-        let mut results = Vec::with_capacity(batch.items.len());
-        let (mut ok, mut failed) = (0u64, 0u64);
         let stored = self.fetch_stored(&batch.items).await;
-        for (index, (item, stored)) in batch.items.into_iter().zip(stored).enumerate() {
-            let result = match self
-                .score_one(item, &snap, (&plan, stored), now, None)
-                .await
-            {
-                Ok(s) => {
-                    ok += 1;
-                    pb::batch_item::Result::Score(s)
+        let pins = self.resolve_pins(&batch.items).await;
+        let items = batch.items.into_iter().zip(stored).collect();
+        let scored = self
+            .score_batch(
+                items,
+                snap.clone(),
+                (Arc::new(plan), Arc::new(pins)),
+                &outcome,
+            )
+            .await
+            .inspect_err(|e| outcome.finish(e.code(), snap.version()))?;
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let results = scored
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let result = match r {
+                    Ok(s) => {
+                        ok += 1;
+                        pb::batch_item::Result::Score(s)
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        pb::batch_item::Result::Error(convert::item_error(e))
+                    }
+                };
+                pb::BatchItem {
+                    index: index as u32,
+                    result: Some(result),
                 }
-                Err(e) => {
-                    failed += 1;
-                    pb::batch_item::Result::Error(convert::item_error(e))
-                }
-            };
-            results.push(pb::BatchItem {
-                index: index as u32,
-                result: Some(result),
-            });
-        }
+            })
+            .collect();
         self.metrics.count_batch_items(ok, failed);
-        self.metrics
-            .observe_request("BatchScore", Code::Ok, snap.version(), start);
+        outcome.finish(Code::Ok, snap.version());
         Ok(Response::new(pb::BatchScoreResponse { results }))
     }
 }

@@ -21,6 +21,9 @@ pub struct InferenceService {
     pub models: Arc<Models>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Shared with the Scoring service: the same threads and the same in-flight limit.
+    pub pool: super::pool::ScoringPool,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 const OUTPUTS: [&str; 2] = ["churn_probability", "clv"];
@@ -175,39 +178,30 @@ impl InferenceService {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let (mut churn, mut clv) = (Vec::with_capacity(n_rows), Vec::with_capacity(n_rows));
-        // Feature tensors describe the customer now.
+        // Feature tensors describe the customer now. One row is scored where it arrived, a
+        // tensor of many on the pool.
         let now = chrono::Utc::now().timestamp();
-        for f in &rows {
-            let s = scoring::score(&model, f, now, Default::default());
-            churn.push(s.churn);
-            clv.push(s.clv);
-        }
-        // Answered the way the input came: raw bytes for raw bytes (what tritonclient sends
-        // and reads), typed contents otherwise.
-        let raw = !req.raw_input_contents.is_empty();
-        let mut raw_output_contents = Vec::new();
-        let outputs = wanted
-            .into_iter()
-            .map(|name| {
-                let values = if name == "clv" { &clv } else { &churn };
-                let contents = if raw {
-                    raw_output_contents.push(values.iter().flat_map(|v| v.to_le_bytes()).collect());
-                    None
-                } else {
-                    Some(v2::InferTensorContents {
-                        fp64_contents: values.clone(),
-                        ..Default::default()
+        let score_all = {
+            let model = model.clone();
+            move || -> (Vec<f64>, Vec<f64>) {
+                rows.iter()
+                    .map(|f| {
+                        let s = scoring::score(&model, f, now, Default::default());
+                        (s.churn, s.clv)
                     })
-                };
-                v2::model_infer_response::InferOutputTensor {
-                    name: name.to_string(),
-                    datatype: "FP64".into(),
-                    shape: vec![n_rows as i64],
-                    contents,
-                }
-            })
-            .collect();
+                    .unzip()
+            }
+        };
+        let (churn, clv) = if n_rows <= 1 {
+            score_all()
+        } else {
+            self.pool
+                .run(score_all)
+                .await
+                .map_err(|s| ScoringError::Busy(s.message().to_string()))?
+        };
+        let (outputs, raw_output_contents) =
+            outputs(wanted, (churn, clv), !req.raw_input_contents.is_empty());
         Ok(v2::ModelInferResponse {
             model_name: MODEL_NAME.into(),
             model_version: model.version.clone(),
@@ -279,6 +273,16 @@ impl GrpcInferenceService for InferenceService {
         req: Request<v2::ModelInferRequest>,
     ) -> Result<Response<v2::ModelInferResponse>, Status> {
         let start = Instant::now();
+        if let Some(c) = req.extensions().get::<super::outcomes::Counted>() {
+            c.mark();
+        }
+        let Ok(_slot) = self.in_flight.clone().try_acquire_owned() else {
+            self.metrics
+                .observe_request("ModelInfer", Code::ResourceExhausted, "", start);
+            return Err(Status::resource_exhausted(
+                "the server is at its limit of requests in progress (--max-concurrent-requests); retry after a short backoff",
+            ));
+        };
         let result = self.infer(req.into_inner()).await;
         let (code, version) = match &result {
             Ok(r) => (Code::Ok, r.model_version.as_str()),
@@ -288,6 +292,42 @@ impl GrpcInferenceService for InferenceService {
             .observe_request("ModelInfer", code, version, start);
         result.map(Response::new).map_err(convert::scoring_status)
     }
+}
+
+/// The requested outputs, answered the way the input came: raw bytes for raw bytes (what
+/// tritonclient sends and reads), typed contents otherwise.
+fn outputs(
+    wanted: Vec<&str>,
+    (churn, clv): (Vec<f64>, Vec<f64>),
+    raw: bool,
+) -> (
+    Vec<v2::model_infer_response::InferOutputTensor>,
+    Vec<Vec<u8>>,
+) {
+    let n_rows = churn.len();
+    let mut raw_output_contents = Vec::new();
+    let outputs = wanted
+        .into_iter()
+        .map(|name| {
+            let values = if name == "clv" { &clv } else { &churn };
+            let contents = if raw {
+                raw_output_contents.push(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+                None
+            } else {
+                Some(v2::InferTensorContents {
+                    fp64_contents: values.clone(),
+                    ..Default::default()
+                })
+            };
+            v2::model_infer_response::InferOutputTensor {
+                name: name.to_string(),
+                datatype: "FP64".into(),
+                shape: vec![n_rows as i64],
+                contents,
+            }
+        })
+        .collect();
+    (outputs, raw_output_contents)
 }
 
 /// What a standard client asks before it sends a tensor.

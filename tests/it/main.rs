@@ -6,6 +6,7 @@ mod experiment;
 mod faults;
 mod first_hour;
 mod helm;
+mod hostile;
 mod moto;
 mod redis;
 mod registry;

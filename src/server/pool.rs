@@ -1,0 +1,156 @@
+//! Where heavy scoring runs: a bounded pool of blocking threads, so a client looping huge
+//! batches cannot hold the runtime's request threads (which every other caller's requests,
+//! health checks and the registry poller need) for the length of its batch. Work is handed
+//! over in chunks; between chunks a request whose deadline passed, or whose client went away
+//! (its future dropped), stops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tonic::metadata::MetadataMap;
+
+/// Items and transactions handed to the pool at a time: small enough that a cancelled
+/// request stops within milliseconds, large enough that the hand-over costs nothing.
+pub const CHUNK_ITEMS: usize = 256;
+pub const CHUNK_TRANSACTIONS: usize = 20_000;
+
+#[derive(Clone)]
+pub struct ScoringPool {
+    permits: Arc<Semaphore>,
+}
+
+impl ScoringPool {
+    /// At most `threads` chunks run at once (0: one per core).
+    pub fn new(threads: usize) -> Self {
+        let n = if threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            threads
+        };
+        ScoringPool {
+            permits: Arc::new(Semaphore::new(n)),
+        }
+    }
+
+    /// Runs `f` on a blocking thread once a slot is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tonic::Status> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| tonic::Status::unavailable("the scoring pool is shut down"))?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            f()
+        })
+        .await
+        .map_err(|e| tonic::Status::internal(format!("scoring task failed: {e}")))
+    }
+}
+
+/// The deadline the client sent (`grpc-timeout`), as an instant from `start`.
+pub fn deadline(metadata: &MetadataMap, start: Instant) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    start.checked_add(d)
+}
+
+/// Whether a request that went away unanswered gave up for its deadline: past half of its
+/// timeout. The client's clock starts before it has sent the request (a 57 MB batch was
+/// dropped 108 ms before the deadline the server counted from its headers), and gRPC
+/// clients reset a stream when their deadline passes.
+pub fn gave_up(start: Instant, deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| {
+        let timeout = d.saturating_duration_since(start);
+        Instant::now() + timeout / 2 >= d
+    })
+}
+
+/// Splits work into chunks of at most [`CHUNK_ITEMS`] items and about
+/// [`CHUNK_TRANSACTIONS`] transactions (`cost` gives an item's).
+pub fn chunks<T>(items: Vec<T>, cost: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut cur_cost = 0;
+    for it in items {
+        let c = cost(&it);
+        if !cur.is_empty() && (cur.len() >= CHUNK_ITEMS || cur_cost + c > CHUNK_TRANSACTIONS) {
+            out.push(std::mem::take(&mut cur));
+            cur_cost = 0;
+        }
+        cur_cost += c;
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_and_chunks() {
+        let start = Instant::now();
+        let mut m = MetadataMap::new();
+        assert_eq!(deadline(&m, start), None);
+        m.insert("grpc-timeout", "100m".parse().unwrap());
+        assert_eq!(
+            deadline(&m, start),
+            Some(start + Duration::from_millis(100))
+        );
+        m.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(deadline(&m, start), Some(start + Duration::from_secs(2)));
+        m.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(deadline(&m, start), None);
+
+        let c = chunks((0..600).collect(), |_| 1);
+        assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [256, 256, 88]);
+        // A costly item closes the chunk before it; one alone is still a chunk.
+        let c = chunks(vec![15_000, 10_000, 30_000, 1], |&c| c);
+        assert_eq!(c, vec![vec![15_000], vec![10_000], vec![30_000], vec![1]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_runs_at_most_its_threads_at_once() {
+        let pool = ScoringPool::new(2);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..8)
+            .map(|_| {
+                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = running.fetch_add(1, SeqCst) + 1;
+                        most.fetch_max(now, SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        running.fetch_sub(1, SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for j in jobs {
+            j.await.unwrap().unwrap();
+        }
+        assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
