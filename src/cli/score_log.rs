@@ -11,7 +11,7 @@ use crate::flags::{self, ServerArgs, TransactionsArgs};
 use crate::proto::v1 as pb;
 use crate::proto::v1::scoring_client::ScoringClient;
 use crate::scoring::Timing;
-use crate::trainer::batch::{OUT_OF_RANGE_COLUMN, SCORE_COLUMNS};
+use crate::trainer::batch::score_header;
 use crate::trainer::TransactionLog;
 use tonic::transport::Channel;
 
@@ -78,9 +78,7 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // Quoted as needed: a customer id may hold a comma.
     let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    let mut header = SCORE_COLUMNS.to_vec();
-    header.extend(Timing::COLUMNS);
-    header.push(OUT_OF_RANGE_COLUMN);
+    let mut header = score_header();
     header.extend(["experiment", "arm"]);
     w.write_record(&header)?;
     let counts = rt.block_on(score_all(&a, &log, &mut w))?;
@@ -97,6 +95,20 @@ pub fn run(a: ScoreLogArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// One row of the log as the API's transaction.
+pub fn transaction(log: &TransactionLog, r: &crate::trainer::load::LogRow) -> pb::Transaction {
+    pb::Transaction {
+        time: Some(prost_types::Timestamp {
+            seconds: r.ts,
+            nanos: 0,
+        }),
+        amount: r.amount,
+        points_earned: r.points_earned,
+        points_redeemed: r.points_redeemed,
+        channel: log.channel_name(r),
+    }
+}
+
 /// Customer `c`'s history at `as_of` (the purchases before it), as a Score request.
 pub fn history_request(
     log: &TransactionLog,
@@ -108,17 +120,7 @@ pub fn history_request(
     let transactions = log
         .history(c, as_of)
         .iter()
-        .map(|r| pb::Transaction {
-            time: at(r.ts),
-            amount: r.amount,
-            points_earned: r.points_earned,
-            points_redeemed: r.points_redeemed,
-            channel: log
-                .channel_names
-                .get(&r.channel)
-                .cloned()
-                .unwrap_or_default(),
-        })
+        .map(|r| transaction(log, r))
         .collect();
     pb::ScoreRequest {
         customer_id: log.ids[c].clone(),

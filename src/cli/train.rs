@@ -449,7 +449,7 @@ fn write_example(log: &TransactionLog, out: &Path) -> anyhow::Result<(String, St
                 "amount": r.amount,
                 "points_earned": r.points_earned,
                 "points_redeemed": r.points_redeemed,
-                "channel": log.channel_names.get(&r.channel).cloned().unwrap_or_default(),
+                "channel": log.channel_name(r),
             })
         })
         .collect();

@@ -80,12 +80,12 @@ impl Drop for Guard {
         }
         // Past the deadline the client has gone (its stream reset, which fails the read of
         // a request still arriving): whatever failed, the deadline is why.
-        let expired = super::pool::gave_up(self.start, self.deadline);
+        let unanswered = super::pool::unanswered(self.start, self.deadline);
         let code = match self.code {
             Some(Code::Ok) => Code::Ok,
-            _ if expired => Code::DeadlineExceeded,
+            _ if unanswered == Code::DeadlineExceeded => unanswered,
             Some(c) => c,
-            None => Code::Cancelled,
+            None => unanswered,
         };
         self.metrics
             .observe_request(self.method, code, "", self.start);

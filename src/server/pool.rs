@@ -81,6 +81,28 @@ pub fn gave_up(start: Instant, deadline: Option<Instant>) -> bool {
     })
 }
 
+/// The code of a request that went away unanswered: DEADLINE_EXCEEDED when it
+/// [`gave_up`] for its deadline, else CANCELLED.
+pub fn unanswered(start: Instant, deadline: Option<Instant>) -> tonic::Code {
+    if gave_up(start, deadline) {
+        tonic::Code::DeadlineExceeded
+    } else {
+        tonic::Code::Cancelled
+    }
+}
+
+/// A slot for a Score, BatchScore or ModelInfer in progress, or RESOURCE_EXHAUSTED at once:
+/// past the limit, load is shed rather than queued without bound.
+pub fn slot(
+    in_flight: &Arc<Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+    in_flight.clone().try_acquire_owned().map_err(|_| {
+        tonic::Status::resource_exhausted(
+            "the server is at its limit of requests in progress (--max-concurrent-requests); retry after a short backoff",
+        )
+    })
+}
+
 /// Splits work into chunks of at most [`CHUNK_ITEMS`] items and about
 /// [`CHUNK_TRANSACTIONS`] transactions (`cost` gives an item's).
 pub fn chunks<T>(items: Vec<T>, cost: impl Fn(&T) -> usize) -> Vec<Vec<T>> {

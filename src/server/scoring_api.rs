@@ -130,11 +130,7 @@ impl Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.done {
-            let code = if super::pool::gave_up(self.start, self.deadline) {
-                Code::DeadlineExceeded
-            } else {
-                Code::Cancelled
-            };
+            let code = super::pool::unanswered(self.start, self.deadline);
             let version = std::mem::take(&mut self.version);
             self.finish(code, &version);
         }
@@ -464,18 +460,6 @@ fn no_state() -> ScoringError {
     )
 }
 
-/// A slot for a request in progress, or RESOURCE_EXHAUSTED at once: past the limit, load is
-/// shed rather than queued without bound.
-fn slot(
-    in_flight: &Arc<tokio::sync::Semaphore>,
-) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-    in_flight.clone().try_acquire_owned().map_err(|_| {
-        Status::resource_exhausted(
-            "the server is at its limit of requests in progress (--max-concurrent-requests); retry after a short backoff",
-        )
-    })
-}
-
 impl ScoringService {
     /// A batch's items scored on the pool, a chunk at a time; stops between chunks once the
     /// deadline has passed.
@@ -522,8 +506,8 @@ impl Scoring for ScoringService {
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let start = Instant::now();
         let mut outcome = Outcome::new(&self.metrics, ("Score", &req), start, None);
-        let _slot =
-            slot(&self.in_flight).inspect_err(|_| outcome.finish(Code::ResourceExhausted, ""))?;
+        let _slot = super::pool::slot(&self.in_flight)
+            .inspect_err(|_| outcome.finish(Code::ResourceExhausted, ""))?;
         let item = req.into_inner();
         let snap = self.snapshot();
         outcome.version = snap.version().to_string();
@@ -554,8 +538,8 @@ impl Scoring for ScoringService {
             .get::<super::outcomes::Counted>()
             .map_or_else(|| super::pool::deadline(req.metadata(), start), |c| c.1);
         let mut outcome = Outcome::new(&self.metrics, ("BatchScore", &req), start, deadline);
-        let _slot =
-            slot(&self.in_flight).inspect_err(|_| outcome.finish(Code::ResourceExhausted, ""))?;
+        let _slot = super::pool::slot(&self.in_flight)
+            .inspect_err(|_| outcome.finish(Code::ResourceExhausted, ""))?;
         let batch = req.into_inner();
         // One state for the whole batch: a swap mid-batch never mixes versions or routings.
         let snap = Arc::new(self.snapshot());

@@ -276,13 +276,10 @@ impl GrpcInferenceService for InferenceService {
         if let Some(c) = req.extensions().get::<super::outcomes::Counted>() {
             c.mark();
         }
-        let Ok(_slot) = self.in_flight.clone().try_acquire_owned() else {
+        let _slot = super::pool::slot(&self.in_flight).inspect_err(|_| {
             self.metrics
-                .observe_request("ModelInfer", Code::ResourceExhausted, "", start);
-            return Err(Status::resource_exhausted(
-                "the server is at its limit of requests in progress (--max-concurrent-requests); retry after a short backoff",
-            ));
-        };
+                .observe_request("ModelInfer", Code::ResourceExhausted, "", start)
+        })?;
         let result = self.infer(req.into_inner()).await;
         let (code, version) = match &result {
             Ok(r) => (Code::Ok, r.model_version.as_str()),

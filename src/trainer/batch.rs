@@ -21,6 +21,15 @@ pub const SCORE_COLUMNS: [&str; 5] = [
 /// The features outside the version's fitting ranges, `;`-separated (empty: none).
 pub const OUT_OF_RANGE_COLUMN: &str = "out_of_range";
 
+/// Every column of a scores CSV, in order: [`SCORE_COLUMNS`], the timing columns, then
+/// [`OUT_OF_RANGE_COLUMN`].
+pub fn score_header() -> Vec<&'static str> {
+    let mut header = SCORE_COLUMNS.to_vec();
+    header.extend(Timing::COLUMNS);
+    header.push(OUT_OF_RANGE_COLUMN);
+    header
+}
+
 /// Counts of a batch-scoring run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchCounts {
@@ -42,10 +51,7 @@ pub fn score_log(
         skipped: 0,
     };
     let mut w = csv::Writer::from_writer(out);
-    let mut header = SCORE_COLUMNS.to_vec();
-    header.extend(Timing::COLUMNS);
-    header.push(OUT_OF_RANGE_COLUMN);
-    w.write_record(&header)?;
+    w.write_record(score_header())?;
     for c in 0..log.n_customers() {
         let mut s = CustomerSummary::new();
         for r in log.history(c, as_of) {

@@ -145,6 +145,14 @@ impl TransactionLog {
     pub fn n_rows(&self) -> usize {
         self.rows.len()
     }
+
+    /// The name a row's channel was read as (empty for none), to send a history on as it came.
+    pub fn channel_name(&self, r: &LogRow) -> String {
+        self.channel_names
+            .get(&r.channel)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -43,17 +43,7 @@ fn feed(dir: &std::path::Path, customers: usize) -> Feed {
     let mut events = Vec::new();
     for c in 0..log.n_customers() {
         for (k, r) in log.history(c, as_of).iter().enumerate() {
-            let tx = pb::Transaction {
-                time: ts(r.ts),
-                amount: r.amount,
-                points_earned: r.points_earned,
-                points_redeemed: r.points_redeemed,
-                channel: log
-                    .channel_names
-                    .get(&r.channel)
-                    .cloned()
-                    .unwrap_or_default(),
-            };
+            let tx = loyalscore::cli::score_log::transaction(&log, r);
             events.push((c, format!("{}-{k}", log.ids[c]), tx));
         }
     }

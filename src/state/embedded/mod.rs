@@ -559,6 +559,18 @@ mod tests {
         all
     }
 
+    /// The stored states of customers c0, c1 and c2.
+    fn states(store: &EmbeddedStore) -> Vec<Option<CustomerState>> {
+        (0..3)
+            .map(|c| {
+                store
+                    .inner
+                    .get(&store.inner.digest(&format!("c{c}")))
+                    .unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn acknowledged_events_survive_a_reopen_with_and_without_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
@@ -570,40 +582,19 @@ mod tests {
         store.inner.apply(&batch[..10], 5 * DAY).unwrap();
         store.inner.checkpoint(|_| Ok(())).unwrap();
         store.inner.apply(&batch[10..], 5 * DAY).unwrap();
-        let want: Vec<_> = (0..3)
-            .map(|c| {
-                store
-                    .inner
-                    .get(&store.inner.digest(&format!("c{c}")))
-                    .unwrap()
-            })
-            .collect();
+        let want = states(&store);
         assert!(want.iter().all(Option::is_some));
         drop(store);
         // Reopened with only the journal after the checkpoint to replay, then again after a
         // checkpoint of everything: the same states both times.
         let store = EmbeddedStore::open(&path).unwrap();
-        let got: Vec<_> = (0..3)
-            .map(|c| {
-                store
-                    .inner
-                    .get(&store.inner.digest(&format!("c{c}")))
-                    .unwrap()
-            })
-            .collect();
+        let got = states(&store);
         assert_eq!(got, want);
         store.inner.checkpoint(|_| Ok(())).unwrap();
         assert!(store.inner.dirty().is_empty());
         drop(store);
         let store = EmbeddedStore::open(&path).unwrap();
-        let got: Vec<_> = (0..3)
-            .map(|c| {
-                store
-                    .inner
-                    .get(&store.inner.digest(&format!("c{c}")))
-                    .unwrap()
-            })
-            .collect();
+        let got = states(&store);
         assert_eq!(got, want);
         // A replayed batch changes nothing: every event is a duplicate.
         let again = store.inner.apply(&batch, 5 * DAY).unwrap();
