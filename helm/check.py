@@ -22,12 +22,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import helm_python
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(HERE, "loyalscore")
+RULES = os.path.join(CHART, "files", "loyalscore-rules.yaml")
 VALIDATOR = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
 
 
@@ -134,8 +136,32 @@ def assertions(docs, values):
         need(all(labels.get(k) == v for k, v in sel.items()), "selectors must match the server pods")
     need(bool(by_kind(docs, "CronJob")) == values["trainer"]["enabled"], "a CronJob exactly when the trainer is enabled")
     for cj in by_kind(docs, "CronJob"):
-        script = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
-        need(("alias set" in script) == values["trainer"]["promote"], "promotion only when trainer.promote")
+        (t,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        need(t["command"] == ["loyalscore-train"] and t["args"][0] == "fit", "the CronJob runs loyalscore-train fit")
+        need(("--promote" in t["args"]) == values["trainer"]["promote"], "promotion only when trainer.promote")
+    image_and_no_shell(docs, values)
+    rules = by_kind(docs, "PrometheusRule")
+    need(bool(rules) == values["alerts"]["enabled"], "a PrometheusRule exactly when alerts.enabled")
+    for r in rules:
+        with open(RULES) as f:
+            need(r["spec"] == yaml.safe_load(f), f"the PrometheusRule must hold {RULES} as it is")
+
+
+def image_and_no_shell(docs, values):
+    """Every container runs the chart's image (tag: the crate's version unless set), and none
+    needs a shell: the image has none."""
+    with open(os.path.join(os.path.dirname(HERE), "Cargo.toml"), "rb") as f:
+        crate = tomllib.load(f)["package"]["version"]
+    with open(os.path.join(CHART, "Chart.yaml")) as f:
+        app = yaml.safe_load(f)["appVersion"]
+    need(app == crate, f"Chart.yaml appVersion {app} must be the crate version {crate}")
+    want = f'{values["image"]["repository"]}:{values["image"]["tag"] or crate}'
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")]
+    pods += [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in by_kind(docs, "CronJob")]
+    for pod in pods:
+        for c in pod["containers"]:
+            need(c["image"] == want, f"container {c['name']} image {c['image']}, expected {want}")
+            need(c["command"][0].startswith("loyalscore"), f"container {c['name']} must run a loyalscore binary, not {c['command']}")
 
 
 def merged(user):

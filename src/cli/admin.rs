@@ -40,6 +40,9 @@ pub enum Cmd {
     Traffic(super::traffic::TrafficCmd),
     /// Score one customer with a running server.
     Score(super::client::ScoreArgs),
+    /// Ask a running server's health service (exit 0 when SERVING): a probe for images
+    /// without a shell.
+    Health(super::client::HealthArgs),
     /// Score every customer of a transaction log with a running server (CSV out).
     ScoreLog(super::score_log::ScoreLogArgs),
     /// Live customer state: load a log, show a customer, erase one (GDPR).
@@ -69,7 +72,7 @@ pub enum ModelsCmd {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct Who {
     /// Who is acting, for the audit history (default: $USER).
     #[arg(long, env = "LOYALSCORE_ACTOR")]
@@ -167,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.cmd {
         Cmd::Score(a) => rt.block_on(super::client::score(a, json)),
+        Cmd::Health(a) => rt.block_on(super::client::health(a, json)),
         Cmd::ScoreLog(a) => super::score_log::run(a, &rt),
         Cmd::Bench(a) => super::bench::runtime(&a)?.block_on(super::bench::run(a, json)),
         Cmd::Quickstart(a) => super::train::run_quickstart(a, &cli.registry, &rt),

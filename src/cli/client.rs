@@ -1,4 +1,5 @@
-//! `loyalscore score`: one customer scored by a running server, from flags or a JSON file.
+//! `loyalscore score`: one customer scored by a running server, from flags or a JSON file;
+//! `loyalscore health`: the server's health service, as a probe.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -38,6 +39,47 @@ pub struct ScoreArgs {
     /// Language of the reasons: en or de.
     #[arg(long, default_value = "en")]
     pub locale: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The health service to ask: loyalscore.v1.Scoring (a model is served: readiness),
+    /// liveness (the process answers), or "" (the whole server).
+    #[arg(long, default_value = "loyalscore.v1.Scoring")]
+    pub service: String,
+}
+
+/// Prints the status; an error (exit 1) unless it is SERVING.
+pub async fn health(a: HealthArgs, json: bool) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let server = &a.server.server;
+    let channel = tonic::transport::Endpoint::from_shared(server.clone())
+        .with_context(|| format!("{server:?} is not a server address"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let r = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: a.service.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let status = r.status().as_str_name();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"service": a.service, "status": status})
+        );
+    } else {
+        println!("{status}");
+    }
+    if r.status() != tonic_health::pb::health_check_response::ServingStatus::Serving {
+        bail!("{:?} is {status}", a.service);
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,7 @@ use object_store::ObjectStoreExt;
 use crate::flags::{self, AliasArgs, LogArgs, RegistryArgs, StateArgs, TransactionsArgs};
 use crate::model::SegmentRules;
 use crate::model::BUNDLE_FILE;
-use crate::registry::{open_store, Registry};
+use crate::registry::{open_store, Expect, Registry};
 use crate::time::parse_timestamp;
 use crate::trainer::generate::{generate, write_truth, GenerateOptions};
 use crate::trainer::{
@@ -40,7 +40,7 @@ pub enum Cmd {
     /// Write a deterministic synthetic transaction log and its ground truth.
     Generate(GenerateArgs),
     /// Train both forests, evaluate them against baselines, publish a version.
-    Fit(FitArgs),
+    Fit(Box<FitArgs>),
     /// Score every customer of a log at a date with a published version (CSV out).
     Score(OfflineScoreArgs),
     /// Read out an A/B experiment: its exposures joined with what customers did afterwards.
@@ -211,6 +211,12 @@ pub struct FitArgs {
     /// stderr.
     #[arg(long)]
     pub json: bool,
+    /// After publishing, point this alias at the new version: compare-and-swap against where
+    /// it pointed when the fit started, so a move made meanwhile is never overwritten.
+    #[arg(long, value_name = "ALIAS", conflicts_with = "dry_run")]
+    pub promote: Option<String>,
+    #[command(flatten)]
+    pub who: super::admin::Who,
 }
 
 /// The segment rules' thresholds (README "Segments"), stored in the version.
@@ -284,7 +290,7 @@ fn parse_depth(s: &str) -> Result<Depth, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate(a) => run_generate(a),
-        Cmd::Fit(a) => run_fit(a).map(|_| ()),
+        Cmd::Fit(a) => run_fit(*a).map(|_| ()),
         Cmd::Score(a) => run_offline_score(a),
         Cmd::ExperimentReport(a) => run_experiment_report(a),
     }
@@ -627,6 +633,15 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
     // Open the registry first: a bad URL should fail before minutes of training.
     let registry = Registry::open(&a.registry.registry)?;
     let opts = fit_options(&a)?;
+    // Where the alias points now, read before training: the promotion below must not undo a
+    // move someone made during the fit.
+    let promote_from = match &a.promote {
+        Some(alias) => Some(match rt.block_on(registry.alias(alias))? {
+            Some(r) => Expect::Version(r.version),
+            None => Expect::Absent,
+        }),
+        None => None,
+    };
     let mut say: Box<dyn Write> = if a.json {
         Box::new(std::io::stderr())
     } else {
@@ -666,12 +681,22 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
         rt.block_on(registry.publish(&trained.manifest, &files))?;
         writeln!(say, "published version {version} to {}", registry.url())?;
     }
+    let promoted = match (&a.promote, &promote_from) {
+        (Some(alias), Some(expect)) if !a.dry_run => {
+            let mv = super::admin::mv(a.who.clone());
+            rt.block_on(registry.set_alias(alias, &version, expect, &mv))?;
+            writeln!(say, "{alias} now points at {version}")?;
+            Some(alias.clone())
+        }
+        _ => None,
+    };
     if a.json {
         let out = serde_json::json!({
             "version": version,
             "published": !a.dry_run,
             "registry": registry.url(),
             "beats_baselines": trained.manifest.beats_baselines,
+            "promoted": promoted,
             "metrics": trained.manifest.metrics,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub loads: IntCounterVec,
     /// 1 for the version serving now.
     pub active: IntGaugeVec,
+    /// 1 once a version is served, 0 before (an alert can see "up but no model").
+    pub model_served: prometheus::IntGauge,
     /// Traffic document applications by result (ok, failed).
     pub traffic_loads: IntCounterVec,
     /// Experiment answers by experiment, arm and version.
@@ -49,6 +51,8 @@ pub struct Metrics {
     pub pin_loads: IntCounterVec,
     /// Connections closed on arrival because every slot was taken.
     pub connections_refused: prometheus::IntCounter,
+    /// Items per BatchScore request.
+    pub batch_size: prometheus::Histogram,
 }
 
 /// The gRPC code's name as a metric label (and in BatchScore item errors).
@@ -124,6 +128,11 @@ impl Metrics {
             &["version"],
         ));
         let _ = registry.register(Box::new(active.clone()));
+        let model_served = must(prometheus::IntGauge::new(
+            "model_served",
+            "1 while a model version is served, 0 before the first one loads",
+        ));
+        let _ = registry.register(Box::new(model_served.clone()));
         let exp_labels = ["experiment", "arm", "version"];
         let shadow_labels = ["experiment", "shadow_version", "version"];
         let tenths: Vec<f64> = (1..=10).map(|i| f64::from(i) / 10.0).collect();
@@ -212,7 +221,13 @@ impl Metrics {
             "pinned version loads (off the request path) by result",
             &["result"],
         );
-        Metrics {
+        let batch_size = must(prometheus::Histogram::with_opts(
+            HistogramOpts::new("batch_size", "items per BatchScore request")
+                .buckets(vec![1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0]),
+        ));
+        let _ = registry.register(Box::new(batch_size.clone()));
+        let m = Metrics {
+            batch_size,
             pin_loads,
             connections_refused,
             scored_items,
@@ -224,6 +239,7 @@ impl Metrics {
             batch_items,
             loads,
             active,
+            model_served,
             traffic_loads,
             exp_requests,
             exp_latency,
@@ -234,7 +250,32 @@ impl Metrics {
             shadow_churn_diff,
             shadow_clv_diff,
             exposures,
+        };
+        m.zero_known_series();
+        m
+    }
+
+    /// Every label value known in advance starts at 0, so dashboards and alerts see the series
+    /// (an `increase()` needs a sample before the first failure) before anything happens.
+    fn zero_known_series(&self) {
+        for (counter, results) in [
+            (&self.loads, &["ok", "failed"][..]),
+            (&self.pin_loads, &["ok", "failed"]),
+            (&self.traffic_loads, &["ok", "failed"]),
+            (&self.batch_items, &["ok", "error"]),
+            (&self.exposures, &["queued", "dropped"]),
+        ] {
+            for r in results {
+                counter.with_label_values(&[r]).inc_by(0);
+            }
         }
+    }
+
+    /// An experiment now in force: its drop counter starts at 0 (see `zero_known_series`).
+    pub fn experiment_started(&self, experiment: &str) {
+        self.shadow_dropped
+            .with_label_values(&[experiment])
+            .inc_by(0);
     }
 
     /// One answered request: counted by method, code and version, and timed.
@@ -249,6 +290,7 @@ impl Metrics {
 
     /// A BatchScore's items by result.
     pub fn count_batch_items(&self, ok: u64, failed: u64) {
+        self.batch_size.observe((ok + failed) as f64);
         self.batch_items.with_label_values(&["ok"]).inc_by(ok);
         self.batch_items
             .with_label_values(&["error"])

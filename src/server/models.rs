@@ -330,6 +330,7 @@ impl Models {
             Ok(routing) => {
                 match &routing {
                     Some(r) => {
+                        self.metrics.experiment_started(&r.experiment);
                         tracing::info!(experiment = %r.experiment, seq = record.seq, "experiment routing now in force")
                     }
                     None => {
@@ -413,6 +414,7 @@ impl Models {
                     .active
                     .with_label_values(&[target.as_str()])
                     .set(1);
+                self.metrics.model_served.set(1);
                 for s in HEALTH_SERVICES {
                     self.health
                         .set_service_status(s, ServingStatus::Serving)

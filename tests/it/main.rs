@@ -7,6 +7,7 @@ mod faults;
 mod first_hour;
 mod helm;
 mod hostile;
+mod monitoring;
 mod moto;
 mod redis;
 mod registry;
