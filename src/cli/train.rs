@@ -213,7 +213,12 @@ pub struct FitArgs {
     pub json: bool,
     /// After publishing, point this alias at the new version: compare-and-swap against where
     /// it pointed when the fit started, so a move made meanwhile is never overwritten.
-    #[arg(long, value_name = "ALIAS", conflicts_with = "dry_run")]
+    #[arg(
+        long,
+        value_name = "ALIAS",
+        conflicts_with = "dry_run",
+        requires = "reason"
+    )]
     pub promote: Option<String>,
     #[command(flatten)]
     pub who: super::admin::Who,

@@ -37,6 +37,20 @@ fn chart_lints_renders_and_validates_with_default_and_s3_values() {
     );
 }
 
+/// The CronJob promotes through `fit --promote` (the image has no shell), and only when asked.
+#[test]
+fn the_trainer_promotes_without_a_shell_when_asked() {
+    let out = check(&[
+        "--set",
+        "trainer.enabled=true",
+        "--set",
+        "trainer.promote=true",
+        "--set",
+        "alerts.enabled=true",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[test]
 fn a_broken_value_fails_the_check() {
     for (set, needle) in [

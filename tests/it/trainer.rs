@@ -13,6 +13,85 @@ use loyalscore::trainer::{load_transactions, FitOptions, LoadOptions, Silent, Sp
 
 use crate::support::{files_below, sample, text, train_cli};
 
+/// `fit --promote` (what the chart's CronJob runs, no shell) moves the alias itself, with
+/// the reason and actor in its history, by compare-and-swap from where it pointed before.
+#[test]
+fn fit_promote_moves_the_alias_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, _) = sample(dir.path(), 2_000, 900, 5);
+    let reg = dir.path().join("registry");
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--transactions",
+            csv.to_str().unwrap(),
+            "--registry",
+            reg.to_str().unwrap(),
+            "--trees",
+            "10",
+            "--json",
+        ];
+        args.extend(extra);
+        train_cli(&args)
+    };
+    let promote = [
+        "--promote",
+        "production",
+        "--reason",
+        "nightly",
+        "--actor",
+        "cron",
+    ];
+    let mut versions = Vec::new();
+    for seed in ["1", "2"] {
+        let mut extra = promote.to_vec();
+        extra.extend(["--seed", seed]);
+        let out = fit(&extra);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["promoted"], "production", "{json}");
+        versions.push(json["version"].as_str().unwrap().to_string());
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let registry = Registry::open(reg.to_str().unwrap()).unwrap();
+    let history = rt.block_on(registry.alias_history("production")).unwrap();
+    let moves: Vec<_> = history
+        .iter()
+        .map(|r| {
+            (
+                r.version.clone(),
+                r.previous.clone(),
+                r.actor.as_str(),
+                r.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (versions[0].clone(), None, "cron", "nightly"),
+            (
+                versions[1].clone(),
+                Some(versions[0].clone()),
+                "cron",
+                "nightly"
+            ),
+        ]
+    );
+    // Refused before any training: without a reason, and with --dry-run.
+    for (extra, needle) in [
+        (&["--promote", "production"][..], "--reason"),
+        (
+            &["--promote", "production", "--reason", "r", "--dry-run"],
+            "--dry-run",
+        ),
+    ] {
+        let out = fit(extra);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(text(&out.stderr).contains(needle), "{}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn fit_publishes_a_complete_version_without_customer_ids() {
     let dir = tempfile::tempdir().unwrap();
