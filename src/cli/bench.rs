@@ -22,10 +22,13 @@ use tonic_health::pb::health_client::HealthClient;
 pub enum Mode {
     /// Score with a feature vector inline.
     Features,
-    /// Score with a 20-purchase history (the server computes the features).
+    /// Score with a --history-len purchase history (the server computes the features).
     History,
     /// BatchScore with --batch-size feature vectors.
     Batch,
+    /// BatchScore with --batch-size customers of --history-len purchases each: the heavy
+    /// batches a hostile or careless client sends.
+    HistoryBatch,
     /// KServe V2 ModelInfer with a [--batch-size, 29] FP64 tensor (this server, MLServer,
     /// Triton, ...).
     V2,
@@ -64,6 +67,14 @@ pub struct BenchArgs {
     /// Customers per BatchScore call, or rows per V2 tensor.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
+    /// Purchases in each history (history and history-batch modes).
+    #[arg(long, default_value_t = 20)]
+    pub history_len: usize,
+    /// Requests a second each loop sends, on a fixed schedule (0: each request as soon as
+    /// the previous one is answered). A victim's latency beside other load is measured at a
+    /// fixed rate, so the load does not slow the victim's own sending.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Ask for reasons in each Score (features and history modes).
     #[arg(long)]
     pub explain: bool,
@@ -163,26 +174,19 @@ fn request(a: &BenchArgs) -> Req {
         }),
         Mode::History => Req::One(pb::ScoreRequest {
             customer_id: "bench".into(),
-            input: Some(pb::score_request::Input::History(pb::History {
-                transactions: (1..=20)
-                    .map(|i| pb::Transaction {
-                        time: Some(prost_types::Timestamp {
-                            seconds: now - i * 30 * 86_400,
-                            nanos: 0,
-                        }),
-                        amount: 20.0 + i as f64,
-                        points_earned: 20.0,
-                        points_redeemed: 0.0,
-                        channel: if i % 2 == 0 {
-                            "web".into()
-                        } else {
-                            "store".into()
-                        },
-                    })
-                    .collect(),
-            })),
+            input: Some(history(a.history_len, now)),
             explain: a.explain,
             ..Default::default()
+        }),
+        Mode::HistoryBatch => Req::Batch(pb::BatchScoreRequest {
+            feature_names: vec![],
+            items: (0..a.batch_size)
+                .map(|k| pb::ScoreRequest {
+                    customer_id: format!("c{k}"),
+                    input: Some(history(a.history_len, now)),
+                    ..Default::default()
+                })
+                .collect(),
         }),
         Mode::Batch => Req::Batch(pb::BatchScoreRequest {
             feature_names: names(),
@@ -209,6 +213,30 @@ fn request(a: &BenchArgs) -> Req {
             base: now,
         },
     }
+}
+
+/// `n` purchases, the latest a month before `now`, then one a month (spaced closer past 36,
+/// so long histories stay within the last three years).
+fn history(n: usize, now: i64) -> pb::score_request::Input {
+    let gap = if n <= 36 {
+        30 * 86_400
+    } else {
+        1_095 * 86_400 / n as i64
+    };
+    pb::score_request::Input::History(pb::History {
+        transactions: (1..=n as i64)
+            .map(|i| pb::Transaction {
+                time: Some(prost_types::Timestamp {
+                    seconds: now - 30 * 86_400 - (i - 1) * gap,
+                    nanos: 0,
+                }),
+                amount: 20.0 + (i % 13) as f64,
+                points_earned: 20.0,
+                points_redeemed: 0.0,
+                channel: if i % 2 == 0 { "web" } else { "store" }.into(),
+            })
+            .collect(),
+    })
 }
 
 /// A V2 tensor of `--batch-size` rows, typed or (`--raw`) as little-endian bytes.
@@ -360,9 +388,9 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
             tokio::spawn(request_loop(
                 client,
                 (req.clone(), i),
-                a.warmup,
-                per_loop,
+                (a.warmup, per_loop),
                 duration,
+                a.rate,
             ))
         })
         .collect();
@@ -371,7 +399,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
         all.add(t.await??)?;
     }
     let per_request = match a.mode {
-        Mode::Batch | Mode::V2 | Mode::Record => a.batch_size as u64,
+        Mode::Batch | Mode::HistoryBatch | Mode::V2 | Mode::Record => a.batch_size as u64,
         _ => 1,
     };
     print_tally(&a, &all, per_request, started.elapsed(), json);
@@ -408,14 +436,21 @@ impl Tally {
 }
 
 /// One request loop: `warmup` unmeasured requests, then up to `n` measured ones, bounded by
-/// `duration`.
+/// `duration`; at `rate` a second when above 0.
 async fn request_loop(
     mut client: Clients,
     (req, lane): (std::sync::Arc<Req>, usize),
-    warmup: u64,
-    n: u64,
+    (warmup, n): (u64, u64),
     duration: Duration,
+    rate: f64,
 ) -> anyhow::Result<Tally> {
+    // Each loop's schedule, late requests sent at once (their wait is not measured: the
+    // latency is the call's).
+    let mut tick = (rate > 0.0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    });
     let mut seq = 0u64;
     for _ in 0..warmup {
         let v = varied(&req, lane, seq);
@@ -429,6 +464,9 @@ async fn request_loop(
         // A varying request is built before the clock starts: only the call is measured.
         let v = varied(&req, lane, seq);
         seq += 1;
+        if let Some(t) = &mut tick {
+            t.tick().await;
+        }
         let at = Instant::now();
         if !send(&mut client, &req, v).await {
             t.errors += 1;
