@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("loyalscore_descriptor.bin"))
+        .codec_path("crate::proto::codec::LargeMessageCodec")
         .compile_protos(
             &[
                 "proto/loyalscore/v1/scoring.proto",
