@@ -98,14 +98,29 @@ def assertions(docs, values):
     name = dep["metadata"]["name"]
     grpc_port = values["service"]["grpcPort"]
     probes = {k: c.get(k) for k in ("readinessProbe", "livenessProbe", "startupProbe")}
+    tls = values["server"]["tls"]["secretName"]
     for k, p in probes.items():
-        need(p and "grpc" in p, f"{k} must be a native gRPC probe")
-        need(p["grpc"]["port"] == grpc_port, f"{k} must probe the gRPC port {grpc_port}")
-    need(probes["readinessProbe"]["grpc"].get("service") == "loyalscore.v1.Scoring",
+        if tls:
+            # The kubelet's gRPC probe speaks no TLS: `loyalscore health` over TLS instead.
+            cmd = (p or {}).get("exec", {}).get("command", [])
+            need(cmd[:2] == ["loyalscore", "health"], f"{k} must run loyalscore health with TLS on")
+            need(f"https://localhost:{grpc_port}" in cmd, f"{k} must probe https://localhost:{grpc_port}")
+            need(("--tls-cert" in cmd) == values["server"]["tls"]["clientCertificates"],
+                 f"{k} must present the pod's certificate exactly when client certificates are required")
+        else:
+            need(p and "grpc" in p, f"{k} must be a native gRPC probe")
+            need(p["grpc"]["port"] == grpc_port, f"{k} must probe the gRPC port {grpc_port}")
+
+    def service(p):
+        if tls:
+            cmd = p["exec"]["command"]
+            return cmd[cmd.index("--service") + 1]
+        return p["grpc"].get("service")
+    need(service(probes["readinessProbe"]) == "loyalscore.v1.Scoring",
          "readiness must follow the model (service loyalscore.v1.Scoring)")
-    need(probes["startupProbe"]["grpc"].get("service") == "loyalscore.v1.Scoring",
+    need(service(probes["startupProbe"]) == "loyalscore.v1.Scoring",
          "the startup probe must wait for the model")
-    need(probes["livenessProbe"]["grpc"].get("service") == "liveness",
+    need(service(probes["livenessProbe"]) == "liveness",
          "liveness must not depend on a model (service liveness)")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     need(ports.get("grpc") == grpc_port, "container port grpc")
@@ -194,6 +209,8 @@ def main():
     runs = [("default values", {})] + [(f, yaml.safe_load(open(f)) or {}) for f in a.values]
     if a.env_names:
         user = {"server": {"adminToken": {"secretName": "any", "key": "token"},
+                           "scoringTokens": {"secretName": "any", "key": "tokens"},
+                           "tls": {"secretName": "any", "clientCertificates": True},
                            "exposureLog": "s3://bucket/exposures",
                            "exposureKey": {"secretName": "any", "key": "key"}}}
         docs, _ = render(user, a.kube_version)

@@ -61,6 +61,19 @@ pub struct ServerArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// PEM CA certificates to trust for an https:// server (a private CA); default: the
+    /// system's roots are not used, so this is needed for TLS.
+    #[arg(long, env = "LOYALSCORE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate to present (a server with --tls-client-ca needs one).
+    #[arg(long, env = "LOYALSCORE_TLS_CLIENT_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LOYALSCORE_TLS_CLIENT_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Scoring token to send (a server with --scoring-tokens-file needs one).
+    #[arg(long, env = "LOYALSCORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The alias a command serves, reads or changes.

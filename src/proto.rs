@@ -54,6 +54,16 @@ pub mod codec {
         }
     }
 
+    /// prost says INTERNAL for bytes that are no message (garbage, invalid UTF-8 in a
+    /// string): the sender's mistake, so INVALID_ARGUMENT, which a client does not retry.
+    fn not_a_message(s: Status) -> Status {
+        if s.code() == tonic::Code::Internal {
+            Status::invalid_argument(format!("message does not decode: {}", s.message()))
+        } else {
+            s
+        }
+    }
+
     #[derive(Debug)]
     pub struct LargeMessageDecoder<U>(ProstDecoder<U>);
 
@@ -68,11 +78,12 @@ pub mod codec {
             // current-thread runtime, as some clients use, decodes in place).
             let multi = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if multi && src.remaining() > LARGE_MESSAGE {
+            let r = if multi && src.remaining() > LARGE_MESSAGE {
                 tokio::task::block_in_place(|| self.0.decode(src))
             } else {
                 self.0.decode(src)
-            }
+            };
+            r.map_err(not_a_message)
         }
 
         fn buffer_settings(&self) -> BufferSettings {

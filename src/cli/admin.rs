@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::flags::{LogArgs, RegistryArgs};
 use crate::model::Manifest;
-use crate::registry::{AliasRecord, Expect, Move, Registry, RegistryError};
+use crate::registry::{AliasRecord, CorruptRecord, Expect, Move, Registry, RegistryError};
 use crate::trainer::report;
 
 #[derive(Parser, Debug)]
@@ -105,10 +105,20 @@ pub enum AliasCmd {
         #[command(flatten)]
         who: Who,
     },
-    /// Every move of an alias, oldest first.
+    /// Every move of an alias, oldest first (corrupt records shown as such).
     History {
         /// The alias whose moves to list.
         name: String,
+    },
+    /// Supersede corrupt records on top of an alias with a new record (history is kept).
+    Repair {
+        /// The alias to repair.
+        name: String,
+        /// The version the new record points at (default: the last readable record's).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        who: Who,
     },
 }
 
@@ -226,6 +236,20 @@ async fn alias(reg: &Registry, cmd: AliasCmd, json: bool) -> anyhow::Result<()> 
             print_move(&r, json)
         }
         AliasCmd::History { name } => alias_history(reg, &name, json).await,
+        AliasCmd::Repair { name, to, who } => {
+            let r = reg.repair_alias(&name, to.as_deref(), &mv(who)).await?;
+            print_move(&r, json)
+        }
+    }
+}
+
+/// Says on stderr which records of `alias` are skipped as corrupt, and how to repair them.
+fn warn_corrupt(alias: &str, corrupt: &[CorruptRecord]) {
+    for c in corrupt {
+        eprintln!(
+            "warning: alias {alias} record {} is corrupt and skipped ({}); `loyalscore alias repair {alias}` supersedes it",
+            c.seq, c.reason
+        );
     }
 }
 
@@ -248,9 +272,9 @@ pub fn print_records<T: serde::Serialize>(
 async fn alias_list(reg: &Registry, json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for name in reg.aliases().await? {
-        if let Some(r) = reg.alias(&name).await? {
-            rows.push(r);
-        }
+        let state = reg.alias_state(&name).await?;
+        warn_corrupt(&name, &state.corrupt);
+        rows.extend(state.current);
     }
     print_records(
         json,
@@ -269,8 +293,10 @@ async fn alias_list(reg: &Registry, json: bool) -> anyhow::Result<()> {
 }
 
 async fn alias_history(reg: &Registry, name: &str, json: bool) -> anyhow::Result<()> {
-    let h = reg.alias_history(name).await?;
-    if h.is_empty() {
+    let journal = reg.alias_journal(name).await?;
+    warn_corrupt(name, &journal.corrupt);
+    let h = journal.records;
+    if h.is_empty() && journal.corrupt.is_empty() {
         return Err(RegistryError::AliasNotFound(name.to_string()).into());
     }
     print_records(

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
@@ -371,12 +370,7 @@ pub fn runtime(a: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
 pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..a.channels.max(1) {
-        channels.push(
-            Channel::from_shared(a.server.server.clone())?
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", a.server.server))?,
-        );
+        channels.push(a.server.connect().await?);
     }
     let req = std::sync::Arc::new(request(&a));
     let per_loop = a.requests / a.concurrency.max(1) as u64;

@@ -51,15 +51,57 @@ pub struct HealthArgs {
     pub service: String,
 }
 
+impl ServerArgs {
+    /// The server's endpoint, with TLS when the address is https:// (trusting `--tls-ca`,
+    /// presenting `--tls-cert` when given).
+    pub fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let server = &self.server;
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.clone())
+            .with_context(|| format!("--server {server:?} is not a server address"))?;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        if server.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+        } else if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            bail!("--tls-ca and --tls-cert need an https:// --server, not {server}");
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects to the server.
+    pub async fn connect(&self) -> anyhow::Result<tonic::transport::Channel> {
+        self.endpoint()?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.server))
+    }
+
+    /// `msg` as a request carrying `--token`, if one is given.
+    pub fn request<T>(&self, msg: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            let value = format!("Bearer {t}")
+                .parse()
+                .context("--token holds characters a header cannot carry")?;
+            r.metadata_mut().insert("authorization", value);
+        }
+        Ok(r)
+    }
+}
+
 /// Prints the status; an error (exit 1) unless it is SERVING.
 pub async fn health(a: HealthArgs, json: bool) -> anyhow::Result<()> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let server = &a.server.server;
-    let channel = tonic::transport::Endpoint::from_shared(server.clone())
-        .with_context(|| format!("{server:?} is not a server address"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let channel = a.server.connect().await?;
     let r = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: a.service.clone(),
@@ -189,11 +231,8 @@ fn request(a: &ScoreArgs) -> anyhow::Result<pb::ScoreRequest> {
 }
 
 pub async fn score(a: ScoreArgs, json: bool) -> anyhow::Result<()> {
-    let req = request(&a)?;
-    let server = &a.server.server;
-    let mut client = ScoringClient::connect(server.clone())
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let req = a.server.request(request(&a)?)?;
+    let mut client = ScoringClient::new(a.server.connect().await?);
     let r = client
         .score(req)
         .await

@@ -42,11 +42,11 @@ pub struct ScoreLogArgs {
 }
 
 /// Connects once the server answers and reports a model loaded, or gives up after `wait`.
-async fn ready_channel(server: &str, wait: std::time::Duration) -> anyhow::Result<Channel> {
+async fn ready_channel(args: &ServerArgs, wait: std::time::Duration) -> anyhow::Result<Channel> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let deadline = std::time::Instant::now() + wait;
-    let endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("--server {server:?} is not a URL"))?;
+    let server = args.server.as_str();
+    let endpoint = args.endpoint()?;
     loop {
         let why = match endpoint.connect().await {
             Ok(ch) => {
@@ -147,7 +147,7 @@ async fn score_all(
     w: &mut csv::Writer<impl Write>,
 ) -> anyhow::Result<Counts> {
     let wait = std::time::Duration::from_secs(a.wait_secs);
-    let channel = ready_channel(&a.server.server, wait).await?;
+    let channel = ready_channel(&a.server, wait).await?;
     let mut client = ScoringClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
@@ -161,11 +161,12 @@ async fn score_all(
             .iter()
             .map(|&c| history_request(log, c, a.as_of, version))
             .collect();
+        let req = a.server.request(pb::BatchScoreRequest {
+            items,
+            feature_names: vec![],
+        })?;
         let r = client
-            .batch_score(pb::BatchScoreRequest {
-                items,
-                feature_names: vec![],
-            })
+            .batch_score(req)
             .await
             .map_err(|s| anyhow::anyhow!("BatchScore: {:?}: {}", s.code(), s.message()))?
             .into_inner();

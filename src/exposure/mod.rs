@@ -117,6 +117,8 @@ pub struct ExposureLog {
     tx: mpsc::Sender<Exposure>,
     key: CustomerKey,
     pub dropped: Arc<AtomicU64>,
+    /// Records accepted and not yet written (or given up): what a crash would lose now.
+    pub pending: Arc<AtomicU64>,
 }
 
 impl ExposureLog {
@@ -126,8 +128,11 @@ impl ExposureLog {
 
     /// Queues a record; false when the queue is full and it was dropped.
     pub fn record(&self, e: Exposure) -> bool {
+        // Counted before the send, so the writer never takes away what was not added yet.
+        self.pending.fetch_add(1, Ordering::Relaxed);
         let ok = self.tx.try_send(e).is_ok();
         if !ok {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         ok
@@ -176,12 +181,21 @@ pub fn start_on(
     let (tx, rx) = mpsc::channel(opts.capacity.max(1));
     let (stop, stop_rx) = watch::channel(false);
     let instance = instance_name();
-    let task = tokio::spawn(write_loop(store, prefix, instance, opts, rx, stop_rx));
+    let pending = Arc::new(AtomicU64::new(0));
+    let sink = Sink {
+        store,
+        prefix,
+        instance,
+        opts,
+        pending: pending.clone(),
+    };
+    let task = tokio::spawn(write_loop(sink, rx, stop_rx));
     (
         ExposureLog {
             tx,
             key,
             dropped: Arc::new(AtomicU64::new(0)),
+            pending,
         },
         Writer { stop, task },
     )
@@ -203,11 +217,24 @@ fn instance_name() -> String {
     )
 }
 
-async fn write_loop(
+/// Where and how the writer writes.
+struct Sink {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     instance: String,
     opts: SinkOptions,
+    pending: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// `n` records left the buffer, written or given up.
+    fn taken(&self, n: usize) {
+        self.pending.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+}
+
+async fn write_loop(
+    sink: Sink,
     mut rx: mpsc::Receiver<Exposure>,
     mut stop: watch::Receiver<bool>,
 ) -> SinkStats {
@@ -215,6 +242,7 @@ async fn write_loop(
     let mut buf: Vec<Exposure> = Vec::new();
     // The first tick a full interval from now: `interval` fires at once, which would write
     // a first record alone in an object of its own.
+    let opts = sink.opts;
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,10 +266,11 @@ async fn write_loop(
             }
         }
         if due && !buf.is_empty() {
-            flush(&store, &prefix, &instance, &opts, &mut buf, &mut stats).await;
+            flush(&sink, &mut buf, &mut stats).await;
         }
         if closing {
             stats.lost += buf.len() as u64;
+            sink.taken(buf.len());
             if stats.lost > 0 {
                 tracing::error!(
                     records = stats.lost,
@@ -253,14 +282,8 @@ async fn write_loop(
     }
 }
 
-async fn flush(
-    store: &Arc<dyn ObjectStore>,
-    prefix: &Path,
-    instance: &str,
-    opts: &SinkOptions,
-    buf: &mut Vec<Exposure>,
-    stats: &mut SinkStats,
-) {
+async fn flush(sink: &Sink, buf: &mut Vec<Exposure>, stats: &mut SinkStats) {
+    let (store, prefix, instance, opts) = (&sink.store, &sink.prefix, &sink.instance, &sink.opts);
     while !buf.is_empty() {
         let n = buf.len().min(opts.batch.max(1));
         let mut body = Vec::with_capacity(n * 256);
@@ -293,6 +316,7 @@ async fn flush(
                 stats.lost += unwritable as u64;
                 stats.objects += 1;
                 buf.drain(..n);
+                sink.taken(n);
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // Someone holds this name: count it as a failed write so the next name differs.
@@ -307,6 +331,7 @@ async fn flush(
                     let extra = buf.len() - cap;
                     buf.drain(..extra);
                     stats.lost += extra as u64;
+                    sink.taken(extra);
                 }
                 return;
             }
@@ -442,18 +467,24 @@ mod tests {
             batch: 10,
             interval: Duration::from_secs(3600),
         };
-        let task = tokio::spawn(write_loop(
-            store.clone(),
-            prefix.clone(),
-            "inst".into(),
+        let sink = Sink {
+            store: store.clone(),
+            prefix: prefix.clone(),
+            instance: "inst".into(),
             opts,
-            rx,
-            stop_rx,
-        ));
+            pending: Arc::new(AtomicU64::new(1)),
+        };
+        let pending = sink.pending.clone();
+        let task = tokio::spawn(write_loop(sink, rx, stop_rx));
         tx.send(exposure(1)).await.unwrap();
         stop.send(true).unwrap();
         let stats = task.await.unwrap();
         assert_eq!((stats.written, stats.objects, stats.lost), (1, 1, 0));
+        assert_eq!(
+            pending.load(Ordering::Relaxed),
+            0,
+            "a written record still pending"
+        );
         let kept = store.get(&taken).await.unwrap().bytes().await.unwrap();
         assert_eq!(kept, other.as_bytes());
         let all = read_from(&store, &prefix).await.unwrap();

@@ -19,7 +19,9 @@ mod schema;
 mod summary;
 
 pub use rhythm::{Rhythm, RhythmModel, RhythmPrior};
-pub use schema::{f, FeatureSchema, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
+pub use schema::{
+    check_value, f, FeatureSchema, FEATURE_DOMAIN, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION,
+};
 pub use summary::{channel_id, CustomerSummary, DayAgg, GapRing, Transaction, RECENT_GAPS};
 
 /// Seconds in a day.

@@ -76,6 +76,75 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "recency_log_z",
 ];
 
+/// Counts of purchases or visits: a customer with more than this does not exist.
+const COUNT: (f64, f64) = (0.0, 1e9);
+/// Days (recency, tenure, gaps): a century and more is not a loyalty programme's customer.
+const DAYS: (f64, f64) = (0.0, 1e5);
+/// Net spend (negative after returns) and points: transactions are at most 1e9 each.
+const MONEY: (f64, f64) = (-1e15, 1e15);
+const POINTS: (f64, f64) = (0.0, 1e15);
+/// Log ratios of amounts within [`MONEY`] stay within ±35.
+const LOG_RATIO: (f64, f64) = (-100.0, 100.0);
+/// The z-scores are clamped to ±10 where they are computed.
+const Z: (f64, f64) = (-10.0, 10.0);
+
+/// The values each feature can take for any customer, whatever their history, in vector
+/// order; the feature code never computes one outside (a test checks). A value outside is a
+/// caller's mistake or a probe, and is refused with the feature named, not scored.
+pub const FEATURE_DOMAIN: [(f64, f64); N_FEATURES] = [
+    DAYS,
+    DAYS,
+    COUNT,
+    COUNT,
+    COUNT,
+    COUNT,
+    MONEY,
+    MONEY,
+    MONEY,
+    MONEY,
+    MONEY,
+    LOG_RATIO,
+    DAYS,
+    // Gap standard deviation over the mean gap (at least a day).
+    DAYS,
+    // Recency over the mean gap, capped at 1000.
+    (0.0, 1000.0),
+    Z,
+    LOG_RATIO,
+    LOG_RATIO,
+    COUNT,
+    POINTS,
+    POINTS,
+    // Redeemed over earned, capped at 100.
+    (0.0, 100.0),
+    COUNT,
+    COUNT,
+    // Mean and deviation of ln(gap in days).
+    (0.0, 20.0),
+    (0.0, 20.0),
+    COUNT,
+    COUNT,
+    Z,
+];
+
+/// Why value `v` cannot be feature `j`, if it cannot: not finite, or outside its domain.
+pub fn check_value(j: usize, v: f64) -> Result<(), String> {
+    let name = FEATURE_NAMES.get(j).copied().unwrap_or("feature");
+    let (lo, hi) = FEATURE_DOMAIN
+        .get(j)
+        .copied()
+        .unwrap_or((f64::MIN, f64::MAX));
+    if !v.is_finite() {
+        return Err(format!("{name} is {v}, not a finite number"));
+    }
+    if v < lo || v > hi {
+        return Err(format!(
+            "{name} is {v}, outside what any customer can have ({lo} to {hi})"
+        ));
+    }
+    Ok(())
+}
+
 /// The schema as it travels in a manifest or a model bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureSchema {
@@ -108,7 +177,23 @@ impl FeatureSchema {
 
 #[cfg(test)]
 mod tests {
-    use super::{f, FEATURE_NAMES};
+    use super::{check_value, f, FEATURE_NAMES};
+
+    #[test]
+    fn values_outside_a_features_domain_are_named_and_refused() {
+        assert!(check_value(f::RECENCY_DAYS, 30.0).is_ok());
+        let e = check_value(f::RECENCY_DAYS, -1.0).unwrap_err();
+        assert!(e.starts_with("recency_days is -1, outside"), "{e}");
+        let e = check_value(f::SPEND_TOTAL, 1e308).unwrap_err();
+        assert!(e.contains("spend_total"), "{e}");
+        assert!(
+            check_value(f::SPEND_TOTAL, -500.0).is_ok(),
+            "returns make spend negative"
+        );
+        let e = check_value(f::PURCHASES_TOTAL, f64::NAN).unwrap_err();
+        assert!(e.contains("not a finite number"), "{e}");
+        assert!(check_value(f::OVERDUE_Z, 10.5).is_err());
+    }
 
     #[test]
     fn the_named_indices_match_the_names() {

@@ -16,11 +16,36 @@ pub struct AliasRecord {
     pub version: String,
     /// The version the alias pointed at before this move.
     pub previous: Option<String>,
-    /// `set` or `rollback`.
+    /// `set`, `rollback` or `repair` (superseding corrupt records).
     pub action: String,
     pub actor: String,
     pub at: String,
     pub reason: String,
+}
+
+/// A record of an alias's journal that does not read as one (say, a half-written or hand-edited
+/// file). It is skipped, never served, and kept: history is never rewritten.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CorruptRecord {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// An alias as read: its latest readable move, and the corrupt records written after it
+/// (oldest first). Empty `corrupt` is the normal case.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AliasState {
+    pub current: Option<AliasRecord>,
+    pub corrupt: Vec<CorruptRecord>,
+    /// The number the next move takes: one past every record, corrupt ones included.
+    pub next_seq: u64,
+}
+
+/// Every record of an alias, oldest first: the readable moves and the corrupt ones apart.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AliasJournal {
+    pub records: Vec<AliasRecord>,
+    pub corrupt: Vec<CorruptRecord>,
 }
 
 /// What the caller believes the alias points at now.
@@ -127,6 +152,8 @@ fn rollback_target(history: &[AliasRecord]) -> Option<String> {
             if stack.last() != Some(&r.version.as_str()) {
                 stack.push(&r.version);
             }
+        } else if r.action == "repair" && stack.last() == Some(&r.version.as_str()) {
+            // A repair back to where the alias was is no new deployment.
         } else {
             stack.push(&r.version);
         }
@@ -190,23 +217,84 @@ impl Registry {
         self.journal_names("aliases").await
     }
 
-    /// The alias's latest move, or `None` if it was never set.
+    /// The alias's latest readable move, or `None` if it was never set. Corrupt records on
+    /// top are skipped: [`alias_state`](Self::alias_state) says which.
     pub async fn alias(&self, name: &str) -> Result<Option<AliasRecord>, RegistryError> {
-        check_alias(name)?;
-        match self.alias_seqs(name).await?.last() {
-            Some(&seq) => Ok(Some(self.alias_record(name, seq).await?)),
-            None => Ok(None),
-        }
+        Ok(self.alias_state(name).await?.current)
     }
 
-    /// Every move of the alias, oldest first.
-    pub async fn alias_history(&self, name: &str) -> Result<Vec<AliasRecord>, RegistryError> {
+    /// The alias's latest readable move and the corrupt records above it. A store error is
+    /// an error; a record that does not parse is skipped for the one below it, so one bad
+    /// record cannot stop servers or the CLI (`alias repair` then supersedes it).
+    pub async fn alias_state(&self, name: &str) -> Result<AliasState, RegistryError> {
         check_alias(name)?;
-        let mut out = Vec::new();
+        let seqs = self.alias_seqs(name).await?;
+        let mut state = AliasState {
+            next_seq: seqs.last().map_or(1, |s| s + 1),
+            ..Default::default()
+        };
+        for &seq in seqs.iter().rev() {
+            match self.alias_record(name, seq).await {
+                Ok(r) => {
+                    state.current = Some(r);
+                    break;
+                }
+                Err(RegistryError::CorruptAlias { seq, reason, .. }) => {
+                    state.corrupt.insert(0, CorruptRecord { seq, reason });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(state)
+    }
+
+    /// Every readable move of the alias, oldest first (corrupt records left out).
+    pub async fn alias_history(&self, name: &str) -> Result<Vec<AliasRecord>, RegistryError> {
+        Ok(self.alias_journal(name).await?.records)
+    }
+
+    /// Every record of the alias, the corrupt ones apart, oldest first.
+    pub async fn alias_journal(&self, name: &str) -> Result<AliasJournal, RegistryError> {
+        check_alias(name)?;
+        let mut out = AliasJournal::default();
         for seq in self.alias_seqs(name).await? {
-            out.push(self.alias_record(name, seq).await?);
+            match self.alias_record(name, seq).await {
+                Ok(r) => out.records.push(r),
+                Err(RegistryError::CorruptAlias { seq, reason, .. }) => {
+                    out.corrupt.push(CorruptRecord { seq, reason })
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
+    }
+
+    /// Supersedes the corrupt records on top of the alias with a new `repair` record, pointing
+    /// at `to` or else at the last readable move's version (which must still load). The
+    /// corrupt records stay in the history.
+    pub async fn repair_alias(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        mv: &Move,
+    ) -> Result<AliasRecord, RegistryError> {
+        let state = self.alias_state(name).await?;
+        let Some(bad) = state.corrupt.last() else {
+            return Err(RegistryError::NothingToRepair(name.to_string()));
+        };
+        let previous = state.current.as_ref().map(|r| r.version.clone());
+        let version = match (to, &previous) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(v)) => v.clone(),
+            (None, None) => return Err(RegistryError::NoGoodRecord(name.to_string())),
+        };
+        self.load(&version).await?;
+        let mut mv = mv.clone();
+        if mv.reason.trim().is_empty() {
+            mv.reason = format!("repair: record {} was corrupt", bad.seq);
+        }
+        self.write_move(name, state.next_seq, &version, previous, &mv, "repair")
+            .await
     }
 
     /// Points `name` at `version`, if the alias is where `expect` says. The version must
@@ -259,7 +347,17 @@ impl Registry {
         // Verify the target before anything is written: an alias never points at a version
         // that is missing or corrupt.
         self.load(version).await?;
-        let current = self.alias(name).await?;
+        let state = self.alias_state(name).await?;
+        // The corrupt record may have meant anything: a compare-and-swap against the record
+        // below it would guess. Repair first, on purpose.
+        if let Some(bad) = state.corrupt.last() {
+            return Err(RegistryError::NeedsRepair {
+                alias: name.to_string(),
+                seq: bad.seq,
+                reason: bad.reason.clone(),
+            });
+        }
+        let current = state.current;
         let current_version = current.as_ref().map(|r| r.version.clone());
         let ok = match expect {
             Expect::Any => true,
@@ -284,12 +382,26 @@ impl Registry {
                 version: version.to_string(),
             });
         }
-        let seq = current.as_ref().map_or(1, |r| r.seq + 1);
+        self.write_move(name, state.next_seq, version, current_version, mv, action)
+            .await
+    }
+
+    /// Writes move `seq` create-if-absent; losing the number to another writer is an error
+    /// naming the version that won.
+    async fn write_move(
+        &self,
+        name: &str,
+        seq: u64,
+        version: &str,
+        previous: Option<String>,
+        mv: &Move,
+        action: &str,
+    ) -> Result<AliasRecord, RegistryError> {
         let record = AliasRecord {
             alias: name.to_string(),
             seq,
             version: version.to_string(),
-            previous: current_version,
+            previous,
             action: action.to_string(),
             actor: mv.actor.clone(),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -23,7 +23,7 @@ use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use crate::model::{Manifest, ModelBundle, ModelError, BUNDLE_FILE, MANIFEST_FILE};
 
 pub use crate::routing::{Experiment, HOLDOUT_ARM};
-pub use alias::{AliasRecord, Expect, Move, Unserved};
+pub use alias::{AliasJournal, AliasRecord, AliasState, CorruptRecord, Expect, Move, Unserved};
 pub use store::open_store;
 pub use traffic::TrafficRecord;
 
@@ -73,6 +73,16 @@ pub enum RegistryError {
         seq: u64,
         reason: String,
     },
+    #[error("alias {alias}: record {seq} is corrupt ({reason}); nothing changed. `loyalscore alias repair {alias}` supersedes it with a new record")]
+    NeedsRepair {
+        alias: String,
+        seq: u64,
+        reason: String,
+    },
+    #[error("alias {0} has no corrupt record on top; nothing to repair")]
+    NothingToRepair(String),
+    #[error("alias {0} has no readable record to go back to: repair it with --to VERSION")]
+    NoGoodRecord(String),
     #[error("traffic: {0}")]
     BadTraffic(#[from] crate::routing::ExperimentError),
     #[error("traffic of alias {0}: the experiment is already running exactly so; nothing changed")]

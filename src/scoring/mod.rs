@@ -305,7 +305,7 @@ pub struct Reason {
 }
 
 /// Rows of a row-major matrix in schema column order (the KServe V2 tensor `field`), each
-/// checked finite.
+/// checked against its feature's domain.
 pub fn features_from_rows(
     field: &str,
     values: &[f64],
@@ -326,15 +326,8 @@ pub fn features_from_rows(
         .map(|(r, row)| {
             let mut f = [0.0; N_FEATURES];
             for (j, (&v, slot)) in row.iter().zip(f.iter_mut()).enumerate() {
-                if !v.is_finite() {
-                    return Err(ScoringError::invalid(
-                        format!("{field}[{r}][{j}]"),
-                        format!(
-                            "{} is {v}, not a finite number",
-                            crate::features::FEATURE_NAMES[j]
-                        ),
-                    ));
-                }
+                crate::features::check_value(j, v)
+                    .map_err(|why| ScoringError::invalid(format!("{field}[{r}][{j}]"), why))?;
                 *slot = v;
             }
             Ok(f)
@@ -406,7 +399,7 @@ impl NamePlan {
         Ok(NamePlan { to })
     }
 
-    /// The vector for values in the plan's name order, each checked finite.
+    /// The vector for values in the plan's name order, each checked against its domain.
     pub fn features(&self, values: &[f64]) -> Result<FeatureVector, ScoringError> {
         if values.len() != self.to.len() {
             return Err(ScoringError::invalid(
@@ -416,15 +409,8 @@ impl NamePlan {
         }
         let mut f = [0.0; N_FEATURES];
         for (i, (&j, &v)) in self.to.iter().zip(values).enumerate() {
-            if !v.is_finite() {
-                return Err(ScoringError::invalid(
-                    format!("features.values[{i}]"),
-                    format!(
-                        "{} is {v}, not a finite number",
-                        crate::features::FEATURE_NAMES[j]
-                    ),
-                ));
-            }
+            crate::features::check_value(j, v)
+                .map_err(|why| ScoringError::invalid(format!("features.values[{i}]"), why))?;
             f[j] = v;
         }
         Ok(f)

@@ -146,7 +146,8 @@ fn field_of(e: ScoringError) -> String {
 #[test]
 fn named_features_in_any_order() {
     let schema = FeatureSchema::current();
-    let values: Vec<f64> = (0..N_FEATURES).map(|i| i as f64).collect();
+    // Distinct values, each inside its feature's domain.
+    let values: Vec<f64> = (0..N_FEATURES).map(|i| i as f64 / 10.0).collect();
     let f = features_from_named(&schema, &names(), &values).unwrap();
     assert_eq!(f.to_vec(), values);
     let mut rev_names = names();

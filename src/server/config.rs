@@ -80,14 +80,35 @@ pub struct Config {
     pub log_format: String,
     #[command(flatten)]
     pub log: LogArgs,
-    /// Token the Registry admin service requires (authorization: Bearer TOKEN); without one
-    /// the service is off.
+    /// PEM certificate chain for TLS on the gRPC and metrics ports (with --tls-key); re-read
+    /// when it changes, as cert-manager renews it. Unset: plaintext.
+    #[arg(long, env = "LOYALSCORE_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert (re-read with it).
+    #[arg(long, env = "LOYALSCORE_TLS_KEY")]
+    pub tls_key: Option<String>,
+    /// PEM CA certificates: every client must present a certificate one of them signed
+    /// (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "LOYALSCORE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<String>,
+    /// Token the Registry admin service and Forget require (authorization: Bearer TOKEN), at
+    /// least 32 bytes; without one the service is off.
     #[arg(long, env = "LOYALSCORE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// File of tokens (one a line, each at least 32 bytes) that Scoring, KServe V2 and
+    /// CustomerState callers must send as `authorization: Bearer TOKEN`; re-read when it
+    /// changes. Unset: no token is asked for.
+    #[arg(long, env = "LOYALSCORE_SCORING_TOKENS_FILE")]
+    pub scoring_tokens_file: Option<String>,
     /// Where experiment exposures are appended as JSON lines: a folder or a bucket URL.
     /// Off when unset.
     #[arg(long, env = "LOYALSCORE_EXPOSURE_LOG")]
     pub exposure_log: Option<String>,
+    /// Milliseconds an exposure record waits in memory at most before it is written: the
+    /// records a SIGKILL can lose are those of the last interval (SIGTERM loses none; the
+    /// gauge loyalscore_exposure_pending says how many are waiting).
+    #[arg(long, env = "LOYALSCORE_EXPOSURE_FLUSH_MS", default_value_t = 5000)]
+    pub exposure_flush_ms: u64,
     /// Secret key for the hash that stands for customer ids in the exposure log (at least
     /// 16 bytes); the read-out needs the same key.
     #[arg(long, env = "LOYALSCORE_EXPOSURE_KEY", hide_env_values = true)]

@@ -56,6 +56,9 @@ pub fn registry_status(e: RegistryError) -> Status {
         | RegistryError::NoSuchRegistry(_)
         | RegistryError::Corrupt { .. }
         | RegistryError::CorruptAlias { .. }
+        | RegistryError::NeedsRepair { .. }
+        | RegistryError::NothingToRepair(_)
+        | RegistryError::NoGoodRecord(_)
         | RegistryError::CorruptTraffic { .. }
         | RegistryError::NoExperiment(_)
         | RegistryError::TrafficUnchanged(_) => Code::FailedPrecondition,

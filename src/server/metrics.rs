@@ -53,6 +53,19 @@ pub struct Metrics {
     pub connections_refused: prometheus::IntCounter,
     /// Items per BatchScore request.
     pub batch_size: prometheus::Histogram,
+    /// 1 while the alias names a version other than the one served (its load failed and is
+    /// retried with backoff).
+    pub model_stale: prometheus::IntGauge,
+    /// Corrupt records on top of the followed alias, skipped for the last readable one.
+    pub alias_corrupt: prometheus::IntGauge,
+    /// Requests refused for a missing or wrong credential, by service (admin, scoring).
+    pub auth_failures: IntCounterVec,
+    /// Exposure records accepted but not yet written: what a crash would lose now.
+    pub exposure_pending: prometheus::IntGauge,
+    /// TLS handshakes on the gRPC port that failed or timed out.
+    pub tls_handshake_failures: prometheus::IntCounter,
+    /// The exposure log's own count of those, read into the gauge at each scrape.
+    exposure_source: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The gRPC code's name as a metric label (and in BatchScore item errors).
@@ -226,7 +239,40 @@ impl Metrics {
                 .buckets(vec![1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0]),
         ));
         let _ = registry.register(Box::new(batch_size.clone()));
+        let gauge = |name: &str, help: &str| {
+            let g = must(prometheus::IntGauge::new(name, help));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let model_stale = gauge(
+            "model_stale",
+            "1 while the served version is not the one the alias names (its load failed; retried with backoff)",
+        );
+        let alias_corrupt = gauge(
+            "alias_corrupt_records",
+            "corrupt records on top of the alias, skipped for the last readable one (loyalscore alias repair)",
+        );
+        let exposure_pending = gauge(
+            "exposure_pending",
+            "exposure records accepted but not yet written (lost if the process is killed now)",
+        );
+        let auth_failures = counter(
+            "auth_failures_total",
+            "requests refused for a missing or wrong credential, by service",
+            &["service"],
+        );
+        let tls_handshake_failures = must(prometheus::IntCounter::new(
+            "tls_handshake_failures_total",
+            "TLS handshakes on the gRPC port that failed (no valid client certificate, say) or timed out",
+        ));
+        let _ = registry.register(Box::new(tls_handshake_failures.clone()));
         let m = Metrics {
+            tls_handshake_failures,
+            model_stale,
+            alias_corrupt,
+            auth_failures,
+            exposure_pending,
+            exposure_source: Default::default(),
             batch_size,
             pin_loads,
             connections_refused,
@@ -264,6 +310,7 @@ impl Metrics {
             (&self.traffic_loads, &["ok", "failed"]),
             (&self.batch_items, &["ok", "error"]),
             (&self.exposures, &["queued", "dropped"]),
+            (&self.auth_failures, &["admin", "scoring"]),
         ] {
             for r in results {
                 counter.with_label_values(&[r]).inc_by(0);
@@ -297,8 +344,18 @@ impl Metrics {
             .inc_by(failed);
     }
 
+    /// Follows the exposure log's count of records not yet written.
+    pub fn watch_exposures(&self, pending: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        let _ = self.exposure_source.set(pending);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(p) = self.exposure_source.get() {
+            let n = p.load(std::sync::atomic::Ordering::Relaxed);
+            self.exposure_pending
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
@@ -312,11 +369,14 @@ impl Default for Metrics {
 }
 
 /// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
+pub async fn serve_metrics<L>(
+    listener: L,
     metrics: std::sync::Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, "metrics on /metrics"),
         Err(e) => tracing::info!(error = %e, "metrics on /metrics (address unknown)"),

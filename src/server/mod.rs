@@ -16,6 +16,7 @@ mod registry_api;
 mod scoring_api;
 mod shadow;
 mod state_api;
+mod tls;
 mod v2_api;
 
 use std::future::Future;
@@ -28,7 +29,10 @@ use tonic::transport::server::TcpIncoming;
 
 /// The router with every request passing the outcomes layer first.
 type Router = tonic::transport::server::Router<
-    tower::layer::util::Stack<outcomes::OutcomesLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        auth::ScoringAuthLayer,
+        tower::layer::util::Stack<outcomes::OutcomesLayer, tower::layer::util::Identity>,
+    >,
 >;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
@@ -36,7 +40,7 @@ use tonic_health::ServingStatus;
 
 pub use config::Config;
 pub use metrics::Metrics;
-pub use models::{LoadError, Models};
+pub use models::{LoadError, Models, CURRENT_SERVICE};
 
 /// The health-check service name that is SERVING while the process runs (liveness probes).
 pub const LIVENESS_SERVICE: &str = "liveness";
@@ -69,6 +73,10 @@ pub enum ServerError {
     ExposureKeyMissing,
     #[error("customer state (--state): {0}")]
     State(#[from] crate::state::StateError),
+    #[error("{0}")]
+    Auth(#[from] auth::AuthError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the server on `grpc` (and `metrics`, if given) until `shutdown` resolves, then drains
@@ -88,26 +96,27 @@ pub async fn serve(
         (metrics.clone(), config.max_pinned_versions),
         health,
     ));
-    let (exposures, exposure_writer) = start_exposures(&config)?;
+    let gates = Gates::start(&config, &metrics)?;
+    let tls = TlsPorts::start(&config)?;
+    let (exposures, exposure_writer) = start_exposures(&config, &metrics)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let follower = tokio::spawn(models.clone().follow(
         Duration::from_secs(config.poll_interval_secs.max(1)),
         stop_rx.clone(),
     ));
-    let metrics_task = metrics_listener.map(|l| {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(metrics::serve_metrics(l, metrics.clone(), async move {
-            let _ = rx.changed().await;
-        }))
-    });
+    let metrics_task =
+        metrics_listener.map(|l| start_metrics(l, &metrics, &tls, &config, &stop_rx));
     let (shadows, shadow_task) = shadow::Shadows::start(config.shadow_queue, metrics.clone());
     let state = crate::state::open(&config.state.state).await?;
     if state.is_some() {
         tracing::info!(state = %config.state.state, "customer state on: Score by customer id, RecordPurchases");
     }
-    let (scoring, state_service, work) =
-        scoring_services(&config, &models, &metrics, (shadows, exposures, state));
-    let router = services(&config, &models, &metrics, scoring, work)?
+    let (scoring, state_service, work) = scoring_services(
+        &config,
+        (&models, &metrics, &gates),
+        (shadows, exposures, state),
+    );
+    let router = services(&config, (&models, &metrics, &gates), scoring, work)?
         .add_service(health_service)
         .add_service(
             CustomerStateServer::new(state_service)
@@ -118,15 +127,21 @@ pub async fn serve(
     tracing::info!(%addr, registry = %config.registry.registry, alias = %config.alias.alias, "serving gRPC");
     let result = run_until(
         router,
-        grpc,
+        (grpc, tls.grpc.clone()),
         shutdown,
         (&config, &metrics),
         stop_tx,
         stop_rx,
     )
     .await;
+    for t in tls.followers {
+        t.abort();
+    }
     follower.abort();
     shadow_task.abort();
+    if let Some(t) = gates.follower {
+        t.abort();
+    }
     let after = tokio::time::Instant::now() + AFTER_DRAIN;
     if let Some(w) = exposure_writer {
         match w.close(AFTER_DRAIN).await {
@@ -143,12 +158,36 @@ pub async fn serve(
     result
 }
 
+/// The metrics port, over TLS when the gRPC port is, until the stop signal.
+fn start_metrics(
+    listener: TcpListener,
+    metrics: &Arc<Metrics>,
+    tls: &TlsPorts,
+    config: &Config,
+    stop_rx: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let mut rx = stop_rx.clone();
+    let stop = async move {
+        let _ = rx.changed().await;
+    };
+    match &tls.metrics {
+        None => tokio::spawn(metrics::serve_metrics(listener, metrics.clone(), stop)),
+        Some(t) => {
+            let listener = tls::TlsListener {
+                tcp: listener,
+                tls: t.clone(),
+                timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
+            };
+            tokio::spawn(metrics::serve_metrics(listener, metrics.clone(), stop))
+        }
+    }
+}
+
 /// The Scoring and CustomerState services, with the scoring pool and the in-flight limit
 /// they share with KServe V2.
 fn scoring_services(
     config: &Config,
-    models: &Arc<Models>,
-    metrics: &Arc<Metrics>,
+    (models, metrics, gates): (&Arc<Models>, &Arc<Metrics>, &Gates),
     (shadows, exposures, state): (
         shadow::Shadows,
         Option<ExposureLog>,
@@ -178,7 +217,7 @@ fn scoring_services(
         metrics: metrics.clone(),
         limits: config.limits(),
         lateness: config.state.state_lateness_secs.max(0),
-        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        admin: gates.admin.clone(),
     };
     (scoring, state_service, (pool, in_flight))
 }
@@ -189,7 +228,10 @@ async fn health() -> (
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) {
     let (health, service) = tonic_health::server::health_reporter();
-    for s in models::HEALTH_SERVICES {
+    for s in models::HEALTH_SERVICES
+        .into_iter()
+        .chain([models::CURRENT_SERVICE])
+    {
         health
             .set_service_status(s, ServingStatus::NotServing)
             .await;
@@ -202,8 +244,103 @@ async fn health() -> (
     (health, service)
 }
 
+/// The credential gates: the admin token's, and the scoring tokens' (with the task that
+/// re-reads their file).
+struct Gates {
+    admin: Option<Arc<auth::Gate>>,
+    scoring: Option<Arc<auth::Gate>>,
+    follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// TLS for the two ports (each offers its own protocol), and the tasks that reload it.
+struct TlsPorts {
+    grpc: Option<Arc<tls::Tls>>,
+    metrics: Option<Arc<tls::Tls>>,
+    followers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TlsPorts {
+    fn start(config: &Config) -> Result<Self, ServerError> {
+        let files = tls::TlsFiles::from_flags(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+            config.tls_client_ca.as_deref(),
+        )?;
+        let Some(files) = files else {
+            return Ok(TlsPorts {
+                grpc: None,
+                metrics: None,
+                followers: Vec::new(),
+            });
+        };
+        let grpc = tls::Tls::load(files.clone(), &[b"h2"])?;
+        let metrics = tls::Tls::load(files.clone(), &[b"http/1.1"])?;
+        tracing::info!(
+            client_certificates = files.client_ca.is_some(),
+            "TLS on the gRPC and metrics ports"
+        );
+        let followers = [&grpc, &metrics]
+            .into_iter()
+            .map(|t| tokio::spawn(t.clone().follow(TOKENS_FILE_CHECK)))
+            .collect();
+        Ok(TlsPorts {
+            grpc: Some(grpc),
+            metrics: Some(metrics),
+            followers,
+        })
+    }
+}
+
+/// How often the scoring tokens file and the TLS files are checked for a change.
+const TOKENS_FILE_CHECK: Duration = Duration::from_secs(5);
+
+impl Gates {
+    /// Refuses a token shorter than [`auth::MIN_TOKEN_BYTES`] before anything listens.
+    fn start(config: &Config, metrics: &Metrics) -> Result<Self, ServerError> {
+        let failures = |s: &str| metrics.auth_failures.with_label_values(&[s]);
+        let admin = match config.admin_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => {
+                auth::check_token("--admin-token (LOYALSCORE_ADMIN_TOKEN)", t)?;
+                Some(Arc::new(auth::Gate::new(
+                    "admin",
+                    vec![t.to_string()],
+                    failures("admin"),
+                )))
+            }
+            None => None,
+        };
+        let Some(path) = config
+            .scoring_tokens_file
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        else {
+            return Ok(Gates {
+                admin,
+                scoring: None,
+                follower: None,
+            });
+        };
+        let tokens = auth::read_tokens(path)?;
+        tracing::info!(tokens = tokens.len(), "scoring callers need a token");
+        let gate = Arc::new(auth::Gate::new("scoring", tokens, failures("scoring")));
+        let follower = tokio::spawn(auth::follow_token_file(
+            gate.clone(),
+            path.to_string(),
+            TOKENS_FILE_CHECK,
+        ));
+        Ok(Gates {
+            admin,
+            scoring: Some(gate),
+            follower: Some(follower),
+        })
+    }
+}
+
 /// The exposure log's writer, when `--exposure-log` is set.
-fn start_exposures(config: &Config) -> Result<(Option<ExposureLog>, Option<Writer>), ServerError> {
+fn start_exposures(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Option<ExposureLog>, Option<Writer>), ServerError> {
     let Some(url) = config.exposure_log.as_deref().filter(|u| !u.is_empty()) else {
         return Ok((None, None));
     };
@@ -212,16 +349,20 @@ fn start_exposures(config: &Config) -> Result<(Option<ExposureLog>, Option<Write
         return Err(ServerError::ExposureKeyMissing);
     }
     let key = crate::exposure::CustomerKey::new(secret)?;
-    let (log, writer) = crate::exposure::start(url, key, Default::default())?;
-    tracing::info!(%url, "exposure log on");
+    let opts = crate::exposure::SinkOptions {
+        interval: Duration::from_millis(config.exposure_flush_ms.max(10)),
+        ..Default::default()
+    };
+    let (log, writer) = crate::exposure::start(url, key, opts)?;
+    metrics.watch_exposures(log.pending.clone());
+    tracing::info!(%url, flush_ms = config.exposure_flush_ms, "exposure log on");
     Ok((Some(log), Some(writer)))
 }
 
 /// Scoring, KServe V2, reflection and (with a token) the admin service.
 fn services(
     config: &Config,
-    models: &Arc<Models>,
-    metrics: &Arc<Metrics>,
+    (models, metrics, gates): (&Arc<Models>, &Arc<Metrics>, &Gates),
     scoring: scoring_api::ScoringService,
     (pool, in_flight): (pool::ScoringPool, Arc<tokio::sync::Semaphore>),
 ) -> Result<Router, ServerError> {
@@ -234,24 +375,33 @@ fn services(
         in_flight,
     })
     .max_decoding_message_size(config.max_message_bytes);
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let admin = config
-        .admin_token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .map(|token| {
-            RegistryServer::new(registry_api::RegistryService {
-                models: models.clone(),
-                token,
-            })
-        });
+    let admin = gates.admin.clone().map(|gate| {
+        RegistryServer::new(registry_api::RegistryService {
+            models: models.clone(),
+            gate,
+        })
+    });
     if admin.is_none() {
         tracing::info!("no admin token: the Registry admin service is off");
     }
+    // Reflection describes only the services this server runs.
+    let mut on = vec![
+        "loyalscore.v1.Scoring",
+        "loyalscore.v1.CustomerState",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    ];
+    if admin.is_some() {
+        on.push("loyalscore.v1.Registry");
+    }
+    let reflection = || {
+        on.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, s| b.with_service_name(*s),
+        )
+    };
     let keepalive =
         (config.http2_keepalive_secs > 0).then(|| Duration::from_secs(config.http2_keepalive_secs));
     Ok(Server::builder()
@@ -259,6 +409,9 @@ fn services(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(outcomes::OutcomesLayer {
             metrics: metrics.clone(),
+        })
+        .layer(auth::ScoringAuthLayer {
+            gate: gates.scoring.clone(),
         })
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -271,7 +424,7 @@ fn services(
 /// `drain_secs`.
 async fn run_until(
     router: Router,
-    grpc: TcpListener,
+    (grpc, tls): (TcpListener, Option<Arc<tls::Tls>>),
     shutdown: impl Future<Output = ()>,
     (config, metrics): (&Config, &Arc<Metrics>),
     stop_tx: watch::Sender<bool>,
@@ -281,12 +434,12 @@ async fn run_until(
     // delayed ACK: 40 ms added to every large answer (explained scores, batches).
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
     let refused = metrics.connections_refused.clone();
-    let incoming = conn::limit(
-        incoming,
-        config.connection_limit(),
-        Duration::from_secs(config.handshake_timeout_secs.max(1)),
-        move || refused.inc(),
-    );
+    let handshake = Duration::from_secs(config.handshake_timeout_secs.max(1));
+    let incoming = conn::limit(incoming, config.connection_limit(), handshake, move || {
+        refused.inc()
+    });
+    let failed = metrics.tls_handshake_failures.clone();
+    let incoming = tls::handshakes(incoming, tls, handshake, move || failed.inc());
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         let _ = drain_rx.changed().await;
     });

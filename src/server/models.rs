@@ -2,8 +2,10 @@
 //! the running experiment's versions (following the alias's traffic document, swapped the same
 //! way) and a small bounded cache of pinned ones. Loading (reading, decoding, warming) runs
 //! on the server's model thread, never on the request threads, and a replaced version is
-//! dropped there too once the last request holding it is done; a version or a traffic document that
-//! fails to load leaves the old one serving.
+//! dropped there too once the last request holding it is done; a version or a traffic
+//! document that fails to load leaves the old one serving. A failed load of the alias's
+//! version is tried again with backoff for as long as the alias names it, so a registry fault
+//! clears by itself.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -221,6 +223,29 @@ fn retire<T: Send + Sync + 'static>(thread: &Arc<ModelThread>, old: Arc<T>) {
     });
 }
 
+/// The first wait before a failed load of the alias's version is tried again; it doubles
+/// with each failure up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+fn retry_backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
+/// A version the alias names that failed to load.
+struct Failed {
+    version: String,
+    attempts: u32,
+    retry_at: std::time::Instant,
+}
+
+/// The health service that is SERVING only while the served version is the alias's: a
+/// failed load turns it NOT_SERVING until a retry succeeds. Readiness keeps following
+/// [`HEALTH_SERVICES`], because a registry fault hits every replica at once and taking them
+/// all out of service would turn a stale model into an outage.
+pub const CURRENT_SERVICE: &str = "current";
+
 /// How often a server that serves nothing says why.
 const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -235,8 +260,10 @@ pub struct Models {
     traffic_seq: Mutex<(u64, Option<u64>)>,
     /// Pinned versions, loaded once and shared by every request that names them.
     pins: Mutex<PinCache>,
-    /// The last version that failed to load: not retried until the alias moves.
-    failed: Mutex<Option<String>>,
+    /// The alias's version that failed to load last, retried with backoff while named.
+    failed: Mutex<Option<Failed>>,
+    /// The corrupt alias records reported last.
+    corrupt_seen: Mutex<Vec<u64>>,
     registry: Registry,
     alias: String,
     metrics: Arc<Metrics>,
@@ -260,6 +287,7 @@ impl Models {
             traffic_seq: Mutex::new((0, None)),
             pins: Mutex::new(PinCache::new(max_pins)),
             failed: Mutex::new(None),
+            corrupt_seen: Mutex::new(Vec::new()),
             registry,
             alias,
             metrics,
@@ -432,18 +460,24 @@ impl Models {
 
     async fn refresh_alias(&self) -> Option<String> {
         let current = self.active().map(|m| m.version.clone());
-        let target = match self.registry.alias(&self.alias).await {
-            Ok(Some(r)) => r.version,
-            Ok(None) => return current,
+        let target = match self.registry.alias_state(&self.alias).await {
+            Ok(state) => {
+                self.note_corrupt(&state.corrupt);
+                match state.current {
+                    Some(r) => r.version,
+                    None => return current,
+                }
+            }
             Err(e) => {
                 tracing::warn!(alias = %self.alias, error = %e, "cannot read the alias; keeping the current version");
                 return current;
             }
         };
         if current.as_deref() == Some(target.as_str()) {
+            self.say_current(true).await;
             return current;
         }
-        if self.failed.lock().ok().and_then(|f| f.clone()).as_deref() == Some(target.as_str()) {
+        if !self.retry_due(&target) {
             return current;
         }
         // A version an experiment already holds is shared, not loaded twice.
@@ -456,34 +490,101 @@ impl Models {
         };
         match loaded {
             Ok(model) => {
-                if let Some(old) = self.active.swap(Some(model)) {
-                    retire(&self.thread, old);
-                }
-                self.metrics.loads.with_label_values(&["ok"]).inc();
-                if let Some(old) = &current {
-                    let _ = self.metrics.active.remove_label_values(&[old.as_str()]);
-                }
-                self.metrics
-                    .active
-                    .with_label_values(&[target.as_str()])
-                    .set(1);
-                self.metrics.model_served.set(1);
-                for s in HEALTH_SERVICES {
-                    self.health
-                        .set_service_status(s, ServingStatus::Serving)
-                        .await;
-                }
-                tracing::info!(version = %target, previous = %current.as_deref().unwrap_or("none"), alias = %self.alias, "now serving");
+                self.swap_in(model, current.as_deref()).await;
                 Some(target)
             }
             Err(e) => {
                 self.metrics.loads.with_label_values(&["failed"]).inc();
-                tracing::error!(version = %target, error = %e, "failed to load; the previous version keeps serving");
-                if let Ok(mut f) = self.failed.lock() {
-                    *f = Some(target);
-                }
+                let retry_in = self.note_failure(&target);
+                tracing::error!(version = %target, error = %e, retry_in_secs = retry_in.as_secs(), "failed to load; the previous version keeps serving");
+                self.say_current(false).await;
                 current
             }
+        }
+    }
+
+    /// Puts a loaded version in service: the swap, its metrics and health.
+    async fn swap_in(&self, model: Arc<Model>, previous: Option<&str>) {
+        let version = model.version.clone();
+        if let Some(old) = self.active.swap(Some(model)) {
+            retire(&self.thread, old);
+        }
+        if let Ok(mut f) = self.failed.lock() {
+            *f = None;
+        }
+        self.metrics.loads.with_label_values(&["ok"]).inc();
+        if let Some(old) = previous {
+            let _ = self.metrics.active.remove_label_values(&[old]);
+        }
+        self.metrics
+            .active
+            .with_label_values(&[version.as_str()])
+            .set(1);
+        self.metrics.model_served.set(1);
+        for s in HEALTH_SERVICES {
+            self.health
+                .set_service_status(s, ServingStatus::Serving)
+                .await;
+        }
+        self.say_current(true).await;
+        tracing::info!(%version, previous = %previous.unwrap_or("none"), alias = %self.alias, "now serving");
+    }
+
+    /// Whether a load of `target` may be tried now: always, unless it failed and its backoff
+    /// has not passed.
+    fn retry_due(&self, target: &str) -> bool {
+        let failed = self.failed.lock().ok();
+        match failed.as_deref().and_then(Option::as_ref) {
+            Some(f) if f.version == target => std::time::Instant::now() >= f.retry_at,
+            _ => true,
+        }
+    }
+
+    /// Notes a failed load of `target`; returns how long until it is tried again.
+    fn note_failure(&self, target: &str) -> Duration {
+        let Ok(mut failed) = self.failed.lock() else {
+            return RETRY_FIRST;
+        };
+        let attempts = match failed.as_ref() {
+            Some(f) if f.version == target => f.attempts + 1,
+            _ => 1,
+        };
+        let wait = retry_backoff(attempts);
+        *failed = Some(Failed {
+            version: target.to_string(),
+            attempts,
+            retry_at: std::time::Instant::now() + wait,
+        });
+        wait
+    }
+
+    /// The `current` health service and the stale gauge: whether the alias's version is the
+    /// one served.
+    async fn say_current(&self, current: bool) {
+        self.metrics.model_stale.set(i64::from(!current));
+        let status = if current {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health
+            .set_service_status(CURRENT_SERVICE, status)
+            .await;
+    }
+
+    /// Reports corrupt records on top of the alias: the gauge always, a warning when the set
+    /// changes (not at every poll).
+    fn note_corrupt(&self, corrupt: &[crate::registry::CorruptRecord]) {
+        self.metrics.alias_corrupt.set(corrupt.len() as i64);
+        let seqs: Vec<u64> = corrupt.iter().map(|c| c.seq).collect();
+        let Ok(mut seen) = self.corrupt_seen.lock() else {
+            return;
+        };
+        if *seen != seqs {
+            if let Some(c) = corrupt.last() {
+                tracing::warn!(alias = %self.alias, records = ?seqs, reason = %c.reason, "corrupt alias records skipped; the last readable record is followed. `loyalscore alias repair` supersedes them");
+            }
+            *seen = seqs;
         }
     }
 
@@ -520,5 +621,17 @@ impl Models {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_two_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (1..=10).map(|n| retry_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_backoff(u32::MAX), RETRY_MAX);
     }
 }

@@ -13,12 +13,16 @@ use crate::routing::Arm;
 
 pub struct RegistryService {
     pub models: Arc<Models>,
-    pub token: String,
+    pub gate: Arc<super::auth::Gate>,
 }
 
 impl RegistryService {
-    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        super::auth::require_bearer(req, &self.token, "the Registry service")
+    async fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.gate.admit(header, "the Registry service").await
     }
 
     fn alias_or_default(&self, alias: &str) -> String {
@@ -69,7 +73,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let listing = self
             .models
             .registry()
@@ -89,7 +93,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::VersionInfo>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let m = self
             .models
             .registry()
@@ -103,7 +107,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::AliasMove>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let r = req.into_inner();
         let alias = self.alias_or_default(&r.alias);
         let expect = if r.expect.is_empty() {
@@ -125,7 +129,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::AliasMove>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let r = req.into_inner();
         let alias = self.alias_or_default(&r.alias);
         let rec = self
@@ -142,7 +146,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::AliasHistoryRequest>,
     ) -> Result<Response<pb::AliasHistoryResponse>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let alias = self.alias_or_default(&req.get_ref().alias);
         let h = self
             .models
@@ -159,7 +163,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::SetTrafficRequest>,
     ) -> Result<Response<pb::TrafficChange>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let r = req.into_inner();
         let alias = self.alias_or_default(&r.alias);
         let experiment = Experiment {
@@ -191,7 +195,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::StopTrafficRequest>,
     ) -> Result<Response<pb::TrafficChange>, Status> {
-        self.check(&req)?;
+        self.check(&req).await?;
         let r = req.into_inner();
         let alias = self.alias_or_default(&r.alias);
         let rec = self

@@ -18,8 +18,8 @@ pub struct StateService {
     pub limits: Limits,
     /// Seconds an event may trail the customer's latest one.
     pub lateness: i64,
-    /// Needed by Forget; without one, Forget is refused.
-    pub admin_token: Option<String>,
+    /// The admin token's gate, which Forget needs; without one, Forget is refused.
+    pub admin: Option<Arc<super::auth::Gate>>,
 }
 
 impl StateService {
@@ -94,8 +94,16 @@ impl CustomerState for StateService {
         &self,
         req: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
-        let token = self.admin_token.as_deref().unwrap_or("");
-        super::auth::require_bearer(&req, token, "Forget")?;
+        let Some(admin) = &self.admin else {
+            return Err(Status::unauthenticated(
+                "Forget needs the admin token, and this server has none (--admin-token)",
+            ));
+        };
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        admin.admit(header, "Forget").await?;
         let r = req.into_inner();
         if r.customer_id.is_empty() || r.customer_id.len() > 256 {
             return Err(Status::invalid_argument(

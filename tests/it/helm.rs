@@ -51,6 +51,24 @@ fn the_trainer_promotes_without_a_shell_when_asked() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// With TLS (and client certificates) on, the probes run `loyalscore health` over TLS and
+/// present the pod's certificate; the scoring tokens and the TLS files are mounted whole.
+#[test]
+fn with_tls_on_the_probes_speak_tls() {
+    for tls in [
+        r#"server.tls={"secretName":"loyalscore-tls","clientCertificates":true}"#,
+        r#"server.tls={"secretName":"loyalscore-tls","clientCertificates":false}"#,
+    ] {
+        let out = check(&[
+            "--set",
+            tls,
+            "--set",
+            r#"server.scoringTokens={"secretName":"scoring","key":"tokens"}"#,
+        ]);
+        assert!(out.status.success(), "{tls}: {}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn a_broken_value_fails_the_check() {
     for (set, needle) in [

@@ -10,7 +10,7 @@ use tonic::Code;
 use crate::server::{features_request, production_v001, typical, until_serving, TestServer};
 use crate::support::{publish, publish_other};
 
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -169,7 +169,7 @@ fn futures_client(
 /// the `grpc-timeout` header on the client side too, so the client gave up before the
 /// server had the request.)
 #[derive(Clone, Debug, Default)]
-struct PreEncoded(bytes::Bytes);
+pub struct PreEncoded(pub bytes::Bytes);
 
 impl prost::Message for PreEncoded {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
@@ -197,13 +197,22 @@ async fn batch_score_encoded(
     server: &TestServer,
     req: tonic::Request<PreEncoded>,
 ) -> Result<pb::BatchScoreResponse, tonic::Status> {
+    call_encoded(server, "/loyalscore.v1.Scoring/BatchScore", req).await
+}
+
+/// Any unary method with a pre-encoded request (any bytes at all).
+pub async fn call_encoded<R: prost::Message + Default + Send + 'static>(
+    server: &TestServer,
+    path: &'static str,
+    req: tonic::Request<PreEncoded>,
+) -> Result<R, tonic::Status> {
     let ch = server.channel().await;
     let mut grpc = tonic::client::Grpc::new(ch)
         .max_encoding_message_size(256 << 20)
         .max_decoding_message_size(256 << 20);
     grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<PreEncoded, pb::BatchScoreResponse>::default();
-    let path = http::uri::PathAndQuery::from_static("/loyalscore.v1.Scoring/BatchScore");
+    let codec = tonic_prost::ProstCodec::<PreEncoded, R>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
     grpc.unary(req, path, codec).await.map(|r| r.into_inner())
 }
 

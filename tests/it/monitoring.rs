@@ -246,7 +246,7 @@ fn the_dashboard_and_the_alert_agree_on_server_side_errors() {
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let check = promtool(&["check", "rules", RULES]);
     assert!(check.status.success(), "{}", text(&check.stderr));
-    assert!(text(&check.stdout).contains("SUCCESS: 8 rules found"));
+    assert!(text(&check.stdout).contains("SUCCESS: 9 rules found"));
     let unit = promtool(&["test", "rules", RULE_TESTS]);
     assert!(
         unit.status.success(),

@@ -418,14 +418,37 @@ async fn contract(reg: Registry, store: Arc<dyn ObjectStore>, root: Path) {
         b"garbage",
     )
     .await;
+    // A corrupt record is skipped and reported, never served; moves wait for a repair.
+    let state = reg.alias_state("staging").await.unwrap();
+    assert_eq!(state.current, None);
+    assert_eq!(state.corrupt.iter().map(|c| c.seq).collect::<Vec<_>>(), [1]);
+    assert_eq!(reg.alias("staging").await.unwrap(), None);
     assert!(matches!(
-        reg.alias("staging").await,
-        Err(RegistryError::CorruptAlias { seq: 1, .. })
+        reg.set_alias("staging", "v001", &Expect::Any, &who("eve", "x"))
+            .await,
+        Err(RegistryError::NeedsRepair { seq: 1, .. })
     ));
-    assert!(reg
-        .set_alias("staging", "v001", &Expect::Any, &who("eve", "x"))
+    assert!(matches!(
+        reg.repair_alias("staging", None, &who("eve", "")).await,
+        Err(RegistryError::NoGoodRecord(_))
+    ));
+    let repaired = reg
+        .repair_alias("staging", Some("v001"), &who("eve", ""))
         .await
-        .is_err());
+        .unwrap();
+    assert_eq!((repaired.seq, repaired.action.as_str()), (2, "repair"));
+    assert_eq!(repaired.reason, "repair: record 1 was corrupt");
+    assert_eq!(reg.alias("staging").await.unwrap().unwrap().version, "v001");
+    let journal = reg.alias_journal("staging").await.unwrap();
+    assert_eq!(
+        (journal.records.len(), journal.corrupt.len()),
+        (1, 1),
+        "history rewritten"
+    );
+    assert!(matches!(
+        reg.repair_alias("staging", None, &who("eve", "")).await,
+        Err(RegistryError::NothingToRepair(_))
+    ));
     assert_eq!(reg.alias("production").await.unwrap().unwrap(), before);
     traffic_contract(&reg).await;
 }

@@ -19,7 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::{promote, publish};
 
-pub const TOKEN: &str = "s3cret-admin";
+pub const TOKEN: &str = "s3cret-admin-token-of-32-bytes-at-least";
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,

@@ -50,3 +50,34 @@ seccompProfile:
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+A probe of one health service: the kubelet's native gRPC probe, or, with TLS on (which the
+kubelet's gRPC probe does not speak), `loyalscore health` over TLS from inside the pod.
+*/}}
+{{- define "loyalscore.probe" -}}
+{{- $root := index . 0 -}}
+{{- $service := index . 1 -}}
+{{- if $root.Values.server.tls.secretName -}}
+exec:
+  command:
+    - loyalscore
+    - health
+    - --server
+    - https://localhost:{{ $root.Values.service.grpcPort }}
+    - --tls-ca
+    - /etc/loyalscore/tls/ca.crt
+    {{- if $root.Values.server.tls.clientCertificates }}
+    - --tls-cert
+    - /etc/loyalscore/tls/tls.crt
+    - --tls-key
+    - /etc/loyalscore/tls/tls.key
+    {{- end }}
+    - --service
+    - {{ $service }}
+{{- else -}}
+grpc:
+  port: {{ $root.Values.service.grpcPort }}
+  service: {{ $service }}
+{{- end -}}
+{{- end -}}

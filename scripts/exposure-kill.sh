@@ -1,0 +1,70 @@
+  $bin/loyalscore --json bench --server "http://127.0.0.1:$port" --mode features \
+    --concurrency 2 --duration-secs 60 --requests 1000000000 --warmup 0 >/dev/null 2>&1 &
+  bench=$!
+  pids+=("$bench")
+  sleep 5
+  # The load stops a moment before the kill, so the server's own count of queued records is
+  # exact; what it had not written by then is what the kill loses.
+  kill -9 "$bench"
+  metrics=$(curl -s "http://127.0.0.1:$mport/metrics")
+  kill -9 "$server"
+  wait "$server" "$bench" 2>/dev/null || true
+  queued=$(awk '/^loyalscore_exposures_total\{result="queued"\}/{print $2}' <<<"$metrics")
+  pending=$(awk '/^loyalscore_exposure_pending /{print $2}' <<<"$metrics")
+  written=$(cat "$exposures"/*/*.jsonl 2>/dev/null | wc -l)
+  python3 -c "q,w,p,ms=$queued,$written,$pending,$flush_ms; rate=q/5.0; print($r, q, w, q-w, p, round(rate), round(rate*ms/1000))"
+#!/usr/bin/env bash
+# How many exposure records a SIGKILL loses (BENCHMARKS.md, "Exposure loss on a crash"): one
+# loyalscore-serve process with an experiment and an exposure log, under Score load, killed
+# with SIGKILL mid-load; then the records on disk are compared with the answers the client
+# got. Runs on a copy of the registry (it needs two versions). Prints, per round, the answers,
+# the records written, the loss, the last pending gauge seen and the bound (rate x window).
+#   scripts/exposure-kill.sh [models] [flush-ms] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+registry=${1:-models}
+flush_ms=${2:-1000}
+rounds=${3:-3}
+bin=target/release
+cargo build --release --quiet --bin loyalscore --bin loyalscore-serve
+work=$(mktemp -d)
+pids=()
+cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+cp -r "$registry" "$work/reg"
+mapfile -t versions < <($bin/loyalscore --registry "$work/reg" --json models list \
+  | python3 -c 'import json,sys; [print(v["version"]) for v in json.load(sys.stdin)[:2]]')
+[ ${#versions[@]} -eq 2 ] || { echo "$registry needs two versions" >&2; exit 1; }
+$bin/loyalscore --registry "$work/reg" traffic set --experiment crash \
+  --arm a="${versions[0]}":50 --arm b="${versions[1]}":50 --reason "exposure loss" >/dev/null
+export LOYALSCORE_EXPOSURE_KEY=0123456789abcdef0123456789abcdef
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "round queued written lost pending_at_kill rate_per_s bound(rate*window)"
+for r in $(seq 1 "$rounds"); do
+  port=$(free_port); mport=$(free_port)
+  exposures="$work/exposures-$r"
+  $bin/loyalscore-serve --registry "$work/reg" --listen "127.0.0.1:$port" \
+    --metrics-listen "127.0.0.1:$mport" --state off --log error \
+    --exposure-log "$exposures" --exposure-flush-ms "$flush_ms" &
+  server=$!
+  pids+=("$server")
+  until $bin/loyalscore health --server "http://127.0.0.1:$port" >/dev/null 2>&1; do sleep 0.2; done
+  # Per-request results land in the file as they come, so the answers before the kill count.
+  $bin/loyalscore --json bench --server "http://127.0.0.1:$port" --mode features \
+    --concurrency 2 --duration-secs 8 --requests 1000000000 --warmup 0 >"$work/bench-$r.json" 2>/dev/null &
+  bench=$!
+  pids+=("$bench")
+  sleep 5
+  pending=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^loyalscore_exposure_pending /{print $2}')
+  queued=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^loyalscore_exposures_total\{result="queued"\}/{print $2}')
+  kill -9 "$server"
+  wait "$server" 2>/dev/null || true
+  wait "$bench" 2>/dev/null || true
+  # Every answer the server gave before dying was queued: take the last count it reported
+  # plus what the load generator saw after (it stopped at the kill).
+  written=$(cat "$exposures"/*/*.jsonl 2>/dev/null | wc -l)
+  answers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$work/bench-$r.json" 2>/dev/null || echo "$queued")
+  rate=$(python3 -c "print(round($answers/5.0))")
+  python3 -c "a,w=$answers,$written; print($r, a, w, a-w, '$pending', $rate, round($rate*$flush_ms/1000))"
+done
