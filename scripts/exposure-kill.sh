@@ -50,21 +50,19 @@ for r in $(seq 1 "$rounds"); do
   server=$!
   pids+=("$server")
   until $bin/loyalscore health --server "http://127.0.0.1:$port" >/dev/null 2>&1; do sleep 0.2; done
-  # Per-request results land in the file as they come, so the answers before the kill count.
   $bin/loyalscore --json bench --server "http://127.0.0.1:$port" --mode features \
-    --concurrency 2 --duration-secs 8 --requests 1000000000 --warmup 0 >"$work/bench-$r.json" 2>/dev/null &
+    --concurrency 2 --duration-secs 60 --requests 1000000000 --warmup 0 >/dev/null 2>&1 &
   bench=$!
   pids+=("$bench")
   sleep 5
-  pending=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^loyalscore_exposure_pending /{print $2}')
-  queued=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^loyalscore_exposures_total\{result="queued"\}/{print $2}')
+  # The load stops a moment before the kill, so the server's own count of queued records is
+  # exact; what it had not written by then is what the kill loses.
+  kill -9 "$bench"
+  metrics=$(curl -s "http://127.0.0.1:$mport/metrics")
   kill -9 "$server"
-  wait "$server" 2>/dev/null || true
-  wait "$bench" 2>/dev/null || true
-  # Every answer the server gave before dying was queued: take the last count it reported
-  # plus what the load generator saw after (it stopped at the kill).
+  wait "$server" "$bench" 2>/dev/null || true
+  queued=$(awk '/^loyalscore_exposures_total\{result="queued"\}/{print $2}' <<<"$metrics")
+  pending=$(awk '/^loyalscore_exposure_pending /{print $2}' <<<"$metrics")
   written=$(cat "$exposures"/*/*.jsonl 2>/dev/null | wc -l)
-  answers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$work/bench-$r.json" 2>/dev/null || echo "$queued")
-  rate=$(python3 -c "print(round($answers/5.0))")
-  python3 -c "a,w=$answers,$written; print($r, a, w, a-w, '$pending', $rate, round($rate*$flush_ms/1000))"
+  python3 -c "q,w,p,ms=$queued,$written,$pending,$flush_ms; rate=q/5.0; print($r, q, w, q-w, p, round(rate), round(rate*ms/1000))"
 done
