@@ -1,24 +1,10 @@
-  $bin/loyalscore --json bench --server "http://127.0.0.1:$port" --mode features \
-    --concurrency 2 --duration-secs 60 --requests 1000000000 --warmup 0 >/dev/null 2>&1 &
-  bench=$!
-  pids+=("$bench")
-  sleep 5
-  # The load stops a moment before the kill, so the server's own count of queued records is
-  # exact; what it had not written by then is what the kill loses.
-  kill -9 "$bench"
-  metrics=$(curl -s "http://127.0.0.1:$mport/metrics")
-  kill -9 "$server"
-  wait "$server" "$bench" 2>/dev/null || true
-  queued=$(awk '/^loyalscore_exposures_total\{result="queued"\}/{print $2}' <<<"$metrics")
-  pending=$(awk '/^loyalscore_exposure_pending /{print $2}' <<<"$metrics")
-  written=$(cat "$exposures"/*/*.jsonl 2>/dev/null | wc -l)
-  python3 -c "q,w,p,ms=$queued,$written,$pending,$flush_ms; rate=q/5.0; print($r, q, w, q-w, p, round(rate), round(rate*ms/1000))"
 #!/usr/bin/env bash
 # How many exposure records a SIGKILL loses (BENCHMARKS.md, "Exposure loss on a crash"): one
-# loyalscore-serve process with an experiment and an exposure log, under Score load, killed
-# with SIGKILL mid-load; then the records on disk are compared with the answers the client
-# got. Runs on a copy of the registry (it needs two versions). Prints, per round, the answers,
-# the records written, the loss, the last pending gauge seen and the bound (rate x window).
+# loyalscore-serve process with an experiment and an exposure log under Score load; the load
+# stops, the server's counts are scraped and it is killed with SIGKILL; then the records on
+# disk are compared with those it had queued. Runs on a copy of the registry (it needs two
+# versions). Prints, per round, the records queued, written and lost, the pending gauge at
+# the kill, and the bound (rate x window).
 #   scripts/exposure-kill.sh [models] [flush-ms] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
