@@ -8,7 +8,7 @@ use object_store::ObjectStoreExt;
 use crate::moto::{Moto, BUCKET};
 use crate::support::{publish, sample, text};
 
-fn cli(registry: &str, args: &[&str]) -> Output {
+pub fn cli(registry: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_loyalscore"))
         .arg("--registry")
         .arg(registry)

@@ -120,6 +120,15 @@ fn score_request() -> impl Strategy<Value = pb::ScoreRequest> {
         )
 }
 
+/// The cases run on this thread; the server and the clients on the runtime's two.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 async fn serving_server(dir: &std::path::Path) -> TestServer {
     let path = dir.to_str().unwrap();
     let reg = Registry::open(path).unwrap();
@@ -133,12 +142,7 @@ async fn serving_server(dir: &std::path::Path) -> TestServer {
 /// Arbitrary bytes as the Score, BatchScore and ModelInfer messages.
 #[test]
 fn arbitrary_bytes_get_a_clear_code_and_never_break_the_server() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, dir) = (runtime(), tempfile::tempdir().unwrap());
     let server = rt.block_on(serving_server(dir.path()));
     let bytes = proptest::collection::vec(any::<u8>(), 0..600);
     runner(300)
@@ -189,12 +193,7 @@ fn arbitrary_bytes_get_a_clear_code_and_never_break_the_server() {
 /// An answer is always a probability and a finite CLV.
 #[test]
 fn hostile_well_formed_requests_get_a_clear_code_or_a_sane_answer() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, dir) = (runtime(), tempfile::tempdir().unwrap());
     let server = rt.block_on(serving_server(dir.path()));
     let client = rt.block_on(server.scoring());
     runner(400)

@@ -2,7 +2,6 @@
 //! themselves, corrupt alias records skipped and repaired, tokens, reflection, and feature
 //! values no customer can have.
 
-use std::process::Command;
 use std::time::Duration;
 
 use loyalscore::model::BUNDLE_FILE;
@@ -12,19 +11,10 @@ use loyalscore::server::{serve, Config, CURRENT_SERVICE};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
+use crate::cli::cli;
 use crate::hostile::metric;
 use crate::server::{features_request, typical, wait_for, TestServer};
 use crate::support::{promote, publish, text};
-
-fn cli(registry: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_loyalscore"))
-        .arg("--registry")
-        .arg(registry)
-        .args(args)
-        .env("USER", "tester")
-        .output()
-        .unwrap()
-}
 
 async fn served_version(server: &TestServer) -> String {
     let r = server

@@ -87,20 +87,34 @@ async fn scores(ch: Channel) -> Result<String, tonic::Status> {
     Ok(r.into_inner().model_version)
 }
 
-/// The common name of the certificate a TLS server at `port` presents.
-async fn presented_cn(port: u16, ca: &str) -> String {
+/// A raw TLS client (rustls) trusting `ca`, presenting `identity` when given.
+fn connector(ca: &str, identity: Option<&(String, String)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
         .unwrap();
-    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The common name of the certificate a TLS server at `port` presents.
+async fn presented_cn(port: u16, ca: &str) -> String {
+    let connector = connector(ca, None);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -222,24 +236,8 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
 
 /// GET /metrics over TLS with a client certificate.
 async fn metrics_over_mtls(server: &TestServer, ca: &str, id: &(String, String)) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(id.0.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(id.1.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = connector(ca, Some(id));
     let tcp = tokio::net::TcpStream::connect(server.metrics_addr)
         .await
         .unwrap();
