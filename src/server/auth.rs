@@ -44,6 +44,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A request's `authorization` header, if it is text.
+pub fn authorization<T>(req: &tonic::Request<T>) -> Option<&str> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+}
+
 /// The token of an `authorization: Bearer <token>` header value.
 pub fn bearer(header: Option<&str>) -> &str {
     header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("")

@@ -18,10 +18,7 @@ pub struct RegistryService {
 
 impl RegistryService {
     async fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let header = super::auth::authorization(req);
         self.gate.admit(header, "the Registry service").await
     }
 

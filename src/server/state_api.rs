@@ -99,11 +99,9 @@ impl CustomerState for StateService {
                 "Forget needs the admin token, and this server has none (--admin-token)",
             ));
         };
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        admin.admit(header, "Forget").await?;
+        admin
+            .admit(super::auth::authorization(&req), "Forget")
+            .await?;
         let r = req.into_inner();
         if r.customer_id.is_empty() || r.customer_id.len() > 256 {
             return Err(Status::invalid_argument(
