@@ -139,10 +139,22 @@ pub fn check_value(j: usize, v: f64) -> Result<(), String> {
     }
     if v < lo || v > hi {
         return Err(format!(
-            "{name} is {v}, outside what any customer can have ({lo} to {hi})"
+            "{name} is {}, outside what any customer can have ({} to {})",
+            short(v),
+            short(lo),
+            short(hi)
         ));
     }
     Ok(())
+}
+
+/// A number as a person reads it in a message: 1e308, not 309 digits.
+fn short(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e9).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 /// The schema as it travels in a manifest or a model bundle.
@@ -185,7 +197,10 @@ mod tests {
         let e = check_value(f::RECENCY_DAYS, -1.0).unwrap_err();
         assert!(e.starts_with("recency_days is -1, outside"), "{e}");
         let e = check_value(f::SPEND_TOTAL, 1e308).unwrap_err();
-        assert!(e.contains("spend_total"), "{e}");
+        assert_eq!(
+            e,
+            "spend_total is 1e308, outside what any customer can have (-1e15 to 1e15)"
+        );
         assert!(
             check_value(f::SPEND_TOTAL, -500.0).is_ok(),
             "returns make spend negative"
