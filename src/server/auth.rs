@@ -165,31 +165,6 @@ impl Gate {
     }
 }
 
-/// Re-reads a token file every `every` while it changes, so a rotated Kubernetes secret
-/// takes effect without a restart; a file that becomes unreadable or invalid keeps the
-/// tokens in force, and says why.
-pub async fn follow_token_file(gate: Arc<Gate>, path: String, every: Duration) {
-    let modified = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    loop {
-        tokio::time::sleep(every).await;
-        let now = modified(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match read_tokens(&path) {
-            Ok(tokens) => {
-                tracing::info!(path = %path, tokens = tokens.len(), "scoring tokens reloaded");
-                gate.replace(tokens);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "scoring tokens not reloaded; the previous ones stay")
-            }
-        }
-    }
-}
-
 /// Whether a path is one the scoring token guards: scoring, KServe V2 and the customer
 /// state, but not `Forget` (it takes the admin token), health or reflection.
 fn guarded(path: &str) -> bool {

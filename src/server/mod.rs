@@ -8,6 +8,7 @@ mod auth;
 mod config;
 mod conn;
 mod convert;
+mod follow;
 mod metrics;
 mod models;
 mod outcomes;
@@ -281,7 +282,15 @@ impl TlsPorts {
         );
         let followers = [&grpc, &metrics]
             .into_iter()
-            .map(|t| tokio::spawn(t.clone().follow(TOKENS_FILE_CHECK)))
+            .map(|t| {
+                let tls = t.clone();
+                tokio::spawn(follow::follow(
+                    "TLS certificate",
+                    t.paths(),
+                    follow::FILE_CHECK,
+                    move || tls.reload(),
+                ))
+            })
             .collect();
         Ok(TlsPorts {
             grpc: Some(grpc),
@@ -290,9 +299,6 @@ impl TlsPorts {
         })
     }
 }
-
-/// How often the scoring tokens file and the TLS files are checked for a change.
-const TOKENS_FILE_CHECK: Duration = Duration::from_secs(5);
 
 impl Gates {
     /// Refuses a token shorter than [`auth::MIN_TOKEN_BYTES`] before anything listens.
@@ -323,10 +329,12 @@ impl Gates {
         let tokens = auth::read_tokens(path)?;
         tracing::info!(tokens = tokens.len(), "scoring callers need a token");
         let gate = Arc::new(auth::Gate::new("scoring", tokens, failures("scoring")));
-        let follower = tokio::spawn(auth::follow_token_file(
-            gate.clone(),
-            path.to_string(),
-            TOKENS_FILE_CHECK,
+        let (reloaded, file) = (gate.clone(), path.to_string());
+        let follower = tokio::spawn(follow::follow(
+            "scoring tokens",
+            vec![path.to_string()],
+            follow::FILE_CHECK,
+            move || auth::read_tokens(&file).map(|t| reloaded.replace(t)),
         ));
         Ok(Gates {
             admin,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::{Stream, StreamExt};
@@ -63,13 +63,6 @@ impl TlsFiles {
             })),
             _ => Err(TlsError::Incomplete),
         }
-    }
-
-    fn modified(&self) -> Vec<Option<SystemTime>> {
-        let m = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut out = vec![m(&self.cert), m(&self.key)];
-        out.extend(self.client_ca.as_deref().map(m));
-        out
     }
 }
 
@@ -140,28 +133,20 @@ impl Tls {
         TlsAcceptor::from(self.current.load_full())
     }
 
-    /// Re-reads the files every `every` while they change; connections already open keep
-    /// theirs. Files that do not make a valid configuration (a renewal half written) leave
-    /// the one in force, and say why.
-    pub async fn follow(self: Arc<Self>, every: Duration) {
-        let mut seen = self.files.modified();
-        loop {
-            tokio::time::sleep(every).await;
-            let now = self.files.modified();
-            if now == seen {
-                continue;
-            }
-            match server_config(&self.files, &self.alpn) {
-                Ok(c) => {
-                    self.current.store(Arc::new(c));
-                    seen = now;
-                    tracing::info!(cert = %self.files.cert, "TLS certificate reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS files changed but do not load; the previous certificate stays")
-                }
-            }
-        }
+    /// Loads the files again, keeping the configuration in force if they do not load
+    /// (connections already open keep theirs).
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.current
+            .store(Arc::new(server_config(&self.files, &self.alpn)?));
+        Ok(())
+    }
+
+    /// The files to follow (`server::follow`).
+    pub fn paths(&self) -> Vec<String> {
+        let f = &self.files;
+        let mut out = vec![f.cert.clone(), f.key.clone()];
+        out.extend(f.client_ca.clone());
+        out
     }
 }
 
