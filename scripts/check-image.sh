@@ -4,9 +4,12 @@
 #
 # This machine reaches no image registry and runs no containers (see ARCHITECTURE.md,
 # "The image"), so: the two base images are made once from Debian packages with mmdebstrap
-# and kept in buildah's local storage; the release binaries are built here and handed to the
+# and kept in buildah's local storage; the binaries are built here and handed to the
 # Containerfile's builder stage (PREBUILT=1); the image's root filesystem is mounted and its
 # binaries run with chroot as the image's user, in this network namespace, on loopback.
+# The binaries are the debug build the test suite made just before (PROFILE=debug): they link
+# the same libraries as the release ones, and a second, release, build of every crate would
+# double the suite's build time for nothing this check can see.
 # The runtime base holds libc6 and libgcc-s1 only (what distroless/cc adds to a bare image
 # and the binaries need), and no shell: a missing library or a need for /bin/sh fails here.
 set -euo pipefail
@@ -33,9 +36,9 @@ base() { # NAME VARIANT PACKAGES
 base "$runtime_base" extract libc6,libgcc-s1
 base "$builder_base" essential binutils
 
-cargo build --release --locked --bins --quiet
+cargo build --locked --bins --quiet
 "${bud[@]}" --build-arg BUILDER="$builder_base" --build-arg BASE="$runtime_base" \
-  --build-arg PREBUILT=1 -t "$image" . >/dev/null
+  --build-arg PREBUILT=1 --build-arg PROFILE=debug -t "$image" . >/dev/null
 
 label() { buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"$1\"}}" "$image"; }
 [ "$(label org.opencontainers.image.version)" = "$version" ] \
