@@ -12,9 +12,10 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
 # Debian packages the checks run, installed once (quick when already there): redis-server
 # for the customer-state tests, promtool (in prometheus) for the alert rules and dashboard
-# queries, buildah and mmdebstrap to build the container image and its bases.
+# queries, buildah and mmdebstrap to build the container image and its bases, chromium to
+# render the HTML reports in a real browser.
 need=()
-for tool in redis-server:redis-server promtool:prometheus buildah:buildah mmdebstrap:mmdebstrap; do
+for tool in redis-server:redis-server promtool:prometheus buildah:buildah mmdebstrap:mmdebstrap chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

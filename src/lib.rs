@@ -11,6 +11,7 @@ pub mod hashing;
 pub mod model;
 pub mod proto;
 pub mod registry;
+pub mod report;
 pub mod routing;
 pub mod scoring;
 pub mod server;

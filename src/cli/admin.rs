@@ -70,6 +70,18 @@ pub enum ModelsCmd {
         /// The second version id (right column).
         b: String,
     },
+    /// A version's training report as one self-contained HTML file (plots inline, nothing
+    /// fetched), or two versions side by side.
+    Report {
+        /// The version id.
+        version: String,
+        /// A second version drawn beside it (in every chart and table).
+        #[arg(long)]
+        against: Option<String>,
+        /// Where to write the HTML file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -203,6 +215,11 @@ async fn models(reg: &Registry, cmd: ModelsCmd, json: bool) -> anyhow::Result<()
             }
             Ok(())
         }
+        ModelsCmd::Report {
+            version,
+            against,
+            out,
+        } => models_report(reg, &version, against.as_deref(), &out).await,
         ModelsCmd::Diff { a, b } => {
             let (ma, mb) = (reg.manifest(&a).await?, reg.manifest(&b).await?);
             if json {
@@ -216,6 +233,45 @@ async fn models(reg: &Registry, cmd: ModelsCmd, json: bool) -> anyhow::Result<()
             Ok(())
         }
     }
+}
+
+/// A version's manifest and its evaluation (absent in versions made before it).
+async fn manifest_and_evaluation(
+    reg: &Registry,
+    version: &str,
+) -> anyhow::Result<(crate::model::Manifest, Option<crate::model::Evaluation>)> {
+    let m = reg.manifest(version).await?;
+    let e = match reg.file(&m, crate::model::EVALUATION_FILE).await? {
+        Some(bytes) => Some(crate::model::Evaluation::from_json(&bytes)?),
+        None => None,
+    };
+    Ok((m, e))
+}
+
+async fn models_report(
+    reg: &Registry,
+    version: &str,
+    against: Option<&str>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (m, e) = manifest_and_evaluation(reg, version).await?;
+    let other = match against {
+        Some(b) => Some(manifest_and_evaluation(reg, b).await?),
+        None => None,
+    };
+    fn side(
+        v: &(crate::model::Manifest, Option<crate::model::Evaluation>),
+    ) -> crate::report::Side<'_> {
+        crate::report::Side {
+            manifest: &v.0,
+            evaluation: v.1.as_ref(),
+        }
+    }
+    let first = (m, e);
+    let html = crate::report::version_page(side(&first), other.as_ref().map(side))?;
+    std::fs::write(out, html).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 async fn alias(reg: &Registry, cmd: AliasCmd, json: bool) -> anyhow::Result<()> {

@@ -5,13 +5,11 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use object_store::ObjectStoreExt;
 
 use crate::flags::{self, AliasArgs, LogArgs, RegistryArgs, StateArgs, TransactionsArgs};
 use crate::model::SegmentRules;
-use crate::model::BUNDLE_FILE;
 use crate::registry::{open_store, Expect, Registry};
 use crate::time::parse_timestamp;
 use crate::trainer::generate::{generate, write_truth, GenerateOptions};
@@ -667,23 +665,23 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
         other => other?,
     };
     drop(log);
+    let (manifest, files) = trained.into_artifact()?;
     writeln!(say)?;
-    write!(say, "{}", report::version_summary(&trained.manifest))?;
-    if !trained.manifest.beats_baselines {
+    write!(say, "{}", report::version_summary(&manifest))?;
+    if !manifest.beats_baselines {
         writeln!(
             say,
             "warning: published with --force although the models do not beat their baselines"
         )?;
     }
-    let version = trained.manifest.version.clone();
+    let version = manifest.version.clone();
     if a.dry_run {
         writeln!(
             say,
             "dry run: nothing published (version would be {version})"
         )?;
     } else {
-        let files = [(BUNDLE_FILE, Bytes::from(trained.bundle_bytes))];
-        rt.block_on(registry.publish(&trained.manifest, &files))?;
+        rt.block_on(registry.publish(&manifest, &files))?;
         writeln!(say, "published version {version} to {}", registry.url())?;
     }
     let promoted = match (&a.promote, &promote_from) {
@@ -700,9 +698,9 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
             "version": version,
             "published": !a.dry_run,
             "registry": registry.url(),
-            "beats_baselines": trained.manifest.beats_baselines,
+            "beats_baselines": manifest.beats_baselines,
             "promoted": promoted,
-            "metrics": trained.manifest.metrics,
+            "metrics": manifest.metrics,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }

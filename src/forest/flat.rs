@@ -391,4 +391,45 @@ impl FlatForest {
             features,
         }
     }
+
+    /// Mean decrease in impurity per feature, as shares of the total: `x`, `y` are sent down
+    /// every tree, and each split credits its feature with the squared error it removes
+    /// from the rows that reach it. (smartcore keeps no per-node counts, so the rows given
+    /// stand in for each tree's bootstrap sample.) All zeros when no split removes any.
+    pub fn impurity_importance(&self, x: &Matrix, y: &[f64]) -> Vec<f64> {
+        // (rows, sum, sum of squares) of the rows reaching each node.
+        let mut acc = vec![(0.0f64, 0.0f64, 0.0f64); self.nodes.len()];
+        for (i, &yi) in y.iter().enumerate().take(x.n_rows) {
+            let row = x.row(i);
+            for &root in &self.roots {
+                let mut at = root as usize;
+                loop {
+                    let a = &mut acc[at];
+                    a.0 += 1.0;
+                    a.1 += yi;
+                    a.2 += yi * yi;
+                    let n = &self.nodes[at];
+                    if n.feature == LEAF {
+                        break;
+                    }
+                    at = n.left as usize
+                        + usize::from(goes_right(row[n.feature as usize], n.threshold));
+                }
+            }
+        }
+        let sse = |(n, s, q): (f64, f64, f64)| if n > 0.0 { q - s * s / n } else { 0.0 };
+        let mut out = vec![0.0; self.n_features()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.feature != LEAF {
+                let l = n.left as usize;
+                let gain = sse(acc[i]) - sse(acc[l]) - sse(acc[l + 1]);
+                out[n.feature as usize] += gain.max(0.0);
+            }
+        }
+        let total: f64 = out.iter().sum();
+        if total > 0.0 {
+            out.iter_mut().for_each(|v| *v /= total);
+        }
+        out
+    }
 }

@@ -151,3 +151,31 @@ fn non_finite_values_never_reach_smartcore() {
         Err(ForestError::NonFiniteTarget { row: 7 })
     ));
 }
+
+#[test]
+fn impurity_importance_sums_to_one_and_credits_the_signal_not_noise() {
+    let (x, y) = data(2_000, 6, 5, false);
+    let tm = TrainingMatrix::new(&x).unwrap();
+    let f = fit_forest(
+        &tm,
+        &y,
+        &ForestParams {
+            n_trees: 10,
+            ..Default::default()
+        },
+        2,
+        &|_| {},
+    )
+    .unwrap();
+    let imp = f.impurity_importance(&x, &y);
+    assert_eq!(imp.len(), 6);
+    assert!((imp.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{imp:?}");
+    // y is built from columns 0-3; columns 4 and 5 are noise.
+    assert!(imp[0] > imp[4] && imp[0] > imp[5], "{imp:?}");
+    assert!(imp[1] > imp[4] && imp[1] > imp[5], "{imp:?}");
+    // A constant target: no split removes error.
+    assert!(f
+        .impurity_importance(&x, &vec![1.0; y.len()])
+        .iter()
+        .all(|&v| v == 0.0));
+}

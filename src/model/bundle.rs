@@ -30,7 +30,29 @@ pub struct ModelBundle {
     pub segments: SegmentRules,
 }
 
+/// What both forests say of one feature row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scores {
+    /// The churn forest's probability before calibration.
+    pub raw: f64,
+    /// Calibrated probability of no purchase within the horizon.
+    pub churn: f64,
+    /// Expected net spend within the horizon, never below 0.
+    pub clv: f64,
+}
+
 impl ModelBundle {
+    /// The scores of a feature row: what the server answers and the training profile
+    /// records.
+    pub fn scores(&self, x: &[f64]) -> Scores {
+        let raw = self.churn.predict_row(x);
+        Scores {
+            raw,
+            churn: self.calibration.apply(raw),
+            clv: self.clv.predict_row(x).max(0.0),
+        }
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, ModelError> {
         let mut out = Vec::with_capacity(64 + 16 * (self.churn.n_nodes() + self.clv.n_nodes()));
         out.extend_from_slice(MAGIC);

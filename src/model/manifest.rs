@@ -45,6 +45,10 @@ pub struct Manifest {
     /// scored customer is compared with (`out_of_range`). Empty in versions before it.
     #[serde(default)]
     pub feature_ranges: Vec<FeatureRange>,
+    /// The features' and scores' distribution on the validation rows, for drift at serve
+    /// time. Absent in versions before it.
+    #[serde(default)]
+    pub profile: Option<super::Profile>,
     pub files: Vec<FileEntry>,
 }
 

@@ -5,16 +5,22 @@
 
 mod bundle;
 mod calibration;
+mod evaluation;
 mod manifest;
+mod profile;
 mod segment;
 
-pub use bundle::{ModelBundle, BUNDLE_FILE};
+pub use bundle::{ModelBundle, Scores, BUNDLE_FILE};
 pub use calibration::{expected_calibration_error, Calibration};
+pub use evaluation::{
+    ClvBin, Evaluation, Gain, Histogram, Importance, RulePoint, EVALUATION_FILE, REPORT_FILE,
+};
 pub use manifest::{
     sha256_hex, CalibrationBin, ChurnMetrics, ClvMetrics, DataLineage, FeatureRange, FileEntry,
     GridPoint, Hyperparameters, Manifest, Metrics, QuarterMetrics, SegmentRow, SplitInfo,
     TrainerInfo, MANIFEST_FILE,
 };
+pub use profile::{Binned, Profile};
 pub use segment::{Segment, SegmentInputs, SegmentRules};
 
 /// Why a bundle or manifest could not be read or trusted.

@@ -277,34 +277,49 @@ impl Registry {
         Ok(m)
     }
 
-    /// Loads a version and verifies every file against the manifest's checksums.
+    /// One file of a version, checked against the manifest's checksum. `Ok(None)` when the
+    /// manifest lists no such file (a version made before the file existed).
+    pub async fn file(
+        &self,
+        manifest: &Manifest,
+        name: &str,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let version = &manifest.version;
+        if !manifest.files.iter().any(|f| f.name == name) {
+            return Ok(None);
+        }
+        let corrupt = |source| RegistryError::Corrupt {
+            version: version.to_string(),
+            source,
+        };
+        let bytes = match self
+            .get(&self.key(&["versions", version, name]), version)
+            .await
+        {
+            Err(RegistryError::VersionNotFound(_)) => {
+                return Err(corrupt(ModelError::Inconsistent(format!(
+                    "file {name} is missing"
+                ))))
+            }
+            other => other?,
+        };
+        manifest.verify_file(name, &bytes).map_err(corrupt)?;
+        Ok(Some(bytes))
+    }
+
+    /// Loads a version for scoring: its manifest and its bundle, verified against the
+    /// manifest's checksum (the report and evaluation files are not read).
     pub async fn load(&self, version: &str) -> Result<(Manifest, ModelBundle), RegistryError> {
         let manifest = self.manifest(version).await?;
         let corrupt = |source| RegistryError::Corrupt {
             version: version.to_string(),
             source,
         };
-        let mut bundle = None;
-        for f in &manifest.files {
-            let bytes = match self
-                .get(&self.key(&["versions", version, &f.name]), version)
-                .await
-            {
-                Err(RegistryError::VersionNotFound(_)) => {
-                    return Err(corrupt(ModelError::Inconsistent(format!(
-                        "file {} is missing",
-                        f.name
-                    ))))
-                }
-                other => other?,
-            };
-            manifest.verify_file(&f.name, &bytes).map_err(corrupt)?;
-            if f.name == BUNDLE_FILE {
-                bundle = Some(ModelBundle::decode(&bytes).map_err(corrupt)?);
-            }
-        }
-        let bundle =
-            bundle.ok_or_else(|| corrupt(ModelError::NotInManifest(BUNDLE_FILE.into())))?;
+        let bytes = self
+            .file(&manifest, BUNDLE_FILE)
+            .await?
+            .ok_or_else(|| corrupt(ModelError::NotInManifest(BUNDLE_FILE.into())))?;
+        let bundle = ModelBundle::decode(&bytes).map_err(corrupt)?;
         if bundle.schema != manifest.feature_schema {
             return Err(corrupt(ModelError::Inconsistent(
                 "bundle and manifest disagree on the feature schema".into(),

@@ -528,9 +528,7 @@ pub fn score_input(model: &Model, input: &ModelInput, as_of: i64, explain: Expla
     let b = &model.bundle;
     let f = &input.features;
     let x = input.for_forests();
-    let raw = b.churn.predict_row(x);
-    let churn = b.calibration.apply(raw);
-    let clv = b.clv.predict_row(x).max(0.0);
+    let crate::model::Scores { raw, churn, clv } = b.scores(x);
     let rhythm = Rhythm::from_features(f, as_of, &model.rhythm);
     let inputs = segment_inputs(f, &rhythm, churn);
     let segment = b.segments.segment(&inputs);

@@ -128,6 +128,7 @@ fn test_manifest(p: ForestParams, segments: SegmentRules) -> Manifest {
         segment_table: vec![],
         rhythm: RhythmPrior::default(),
         feature_ranges: vec![],
+        profile: None,
         files: vec![],
     }
 }

@@ -5,12 +5,13 @@
 use crate::features::{Rhythm, RhythmModel, RhythmPrior};
 use crate::forest::FlatForest;
 use crate::model::{
-    expected_calibration_error, Calibration, Metrics, QuarterMetrics, Segment, SegmentRow,
-    SegmentRules,
+    expected_calibration_error, Calibration, Evaluation, Metrics, QuarterMetrics, Segment,
+    SegmentRow, SegmentRules,
 };
 use crate::scoring::segment_inputs;
 use crate::time::fmt_ts;
 
+use super::curves;
 use super::dataset::Rows;
 use super::eval::{churn_metrics, clv_metrics, roc_auc, spearman};
 
@@ -19,6 +20,8 @@ use super::eval::{churn_metrics, clv_metrics, roc_auc, spearman};
 pub struct Evaluated {
     pub metrics: Metrics,
     pub segment_table: Vec<SegmentRow>,
+    /// The report's curves; the fit adds importances and data quality.
+    pub curves: Evaluation,
 }
 
 /// The 90-day rule, made a probability: the churn rate of its two groups on the training rows.
@@ -69,7 +72,8 @@ pub fn evaluate(
         raw,
     };
     let rule = ninety_day_rule(train);
-    let base: Vec<f64> = val.feature("recency_days").into_iter().map(&rule).collect();
+    let recency = val.feature("recency_days");
+    let base: Vec<f64> = recency.iter().copied().map(&rule).collect();
     let metrics = Metrics {
         churn: churn_metrics(&p.churn, &val.churned),
         churn_uncalibrated: Some(churn_metrics(&p.raw, &val.churned)),
@@ -78,9 +82,27 @@ pub fn evaluate(
         clv_baseline: clv_metrics(&val.spend_prev, &val.spend_next),
         by_quarter: by_quarter(&p, val),
     };
+    let flagged: Vec<bool> = recency.iter().map(|&r| r > 90.0).collect();
     Evaluated {
         metrics,
         segment_table: segment_table(&p, prior, rules, val),
+        curves: report_curves(&p, val, &flagged),
+    }
+}
+
+/// What the report plots of these predictions.
+fn report_curves(p: &Predictions, val: &Rows, flagged: &[bool]) -> Evaluation {
+    let (roc, pr) = curves::roc_and_pr(&p.churn, &val.churned);
+    Evaluation {
+        roc,
+        pr,
+        rule: curves::rule_point(flagged, &val.churned),
+        churn_gains: curves::gains(&p.churn, &val.churn_target()),
+        clv_gains: curves::gains(&p.clv, &val.spend_next),
+        clv_bins: curves::clv_bins(&p.clv, &val.spend_next),
+        churn_histogram: curves::churn_histogram(&p.churn, &val.churned),
+        clv_histogram: curves::clv_histogram(&p.clv),
+        ..Evaluation::default()
     }
 }
 

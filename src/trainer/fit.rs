@@ -5,8 +5,9 @@
 use crate::features::{FeatureSchema, DAY};
 use crate::forest::{fit_forest, FlatForest, ForestParams, TrainingMatrix};
 use crate::model::{
-    sha256_hex, Calibration, DataLineage, FeatureRange, FileEntry, Hyperparameters, Manifest,
-    Metrics, ModelBundle, SegmentRules, SplitInfo, TrainerInfo, BUNDLE_FILE,
+    sha256_hex, Calibration, DataLineage, Evaluation, FeatureRange, FileEntry, Hyperparameters,
+    Manifest, Metrics, ModelBundle, ModelError, Profile, SegmentRules, SplitInfo, TrainerInfo,
+    BUNDLE_FILE, EVALUATION_FILE, REPORT_FILE,
 };
 
 use super::dataset::{
@@ -17,7 +18,7 @@ use super::grid::grid_search;
 use super::load::TransactionLog;
 use super::rhythm::{fit_season, prior_from_rows};
 use super::split::{plan_split, Split, SplitOptions};
-use super::{Progress, TrainError};
+use super::{views, Progress, TrainError};
 use crate::time::fmt_ts;
 
 /// Overrides for one forest's regularisation; `None` lets the grid choose.
@@ -122,6 +123,42 @@ pub struct Trained {
     pub manifest: Manifest,
     pub bundle: ModelBundle,
     pub bundle_bytes: Vec<u8>,
+    /// What the report draws (`evaluation.json`).
+    pub evaluation: Evaluation,
+}
+
+/// A file of a version: its name and bytes.
+pub type ArtifactFile = (&'static str, bytes::Bytes);
+
+impl Trained {
+    /// What is published: the manifest listing every file, and the files: the bundle, the
+    /// evaluation and the report drawn from both (`report.html`).
+    pub fn into_artifact(self) -> Result<(Manifest, Vec<ArtifactFile>), TrainError> {
+        let mut manifest = self.manifest;
+        let evaluation = self
+            .evaluation
+            .to_json()
+            .map_err(|e| ModelError::Inconsistent(format!("{EVALUATION_FILE}: {e}")))?;
+        let side = crate::report::Side {
+            manifest: &manifest,
+            evaluation: Some(&self.evaluation),
+        };
+        let report = crate::report::version_page(side, None)?.into_bytes();
+        let files = vec![
+            (BUNDLE_FILE, self.bundle_bytes.into()),
+            (EVALUATION_FILE, evaluation.into()),
+            (REPORT_FILE, report.into()),
+        ];
+        manifest.files = files
+            .iter()
+            .map(|(name, b): &(&str, bytes::Bytes)| FileEntry {
+                name: name.to_string(),
+                sha256: sha256_hex(b),
+                bytes: b.len() as u64,
+            })
+            .collect();
+        Ok((manifest, files))
+    }
 }
 
 /// Fits the churn and CLV forests on the same rows.
@@ -248,7 +285,7 @@ pub fn train(
 ) -> Result<Trained, TrainError> {
     let split = plan_split(log.quality.first_ts, log.quality.last_ts, &opts.split)?;
     let season = fit_season(log, split.validation());
-    let recipe = fit_and_evaluate(log, &split, season, opts, progress)?;
+    let mut recipe = fit_and_evaluate(log, &split, season, opts, progress)?;
     let beats = beats_baselines(&recipe.evaluated.metrics);
     if !beats && !opts.force {
         return Err(TrainError::NotBetter(Box::new(recipe.evaluated.metrics)));
@@ -286,6 +323,9 @@ pub fn train(
         segments: recipe.segments,
     };
     let bundle_bytes = bundle.encode()?;
+    let mut evaluation = std::mem::take(&mut recipe.evaluated.curves);
+    evaluation.importance = views::importance(&bundle, &refit_rows);
+    views::add_data_quality(&mut evaluation, &log.quality);
     let facts = Facts {
         split: &split,
         rows: [recipe.rows[0], recipe.rows[1], refit_rows.len()],
@@ -305,12 +345,14 @@ pub fn train(
         evaluated: recipe.evaluated,
         beats,
         ranges: feature_ranges(&refit_rows.x, opts.split.horizon_days),
+        profile: views::profile(&bundle, &recipe.val_rows),
     };
     let manifest = manifest(log, opts, run, &bundle, &bundle_bytes, facts);
     Ok(Trained {
         manifest,
         bundle,
         bundle_bytes,
+        evaluation,
     })
 }
 
@@ -324,6 +366,8 @@ struct Recipe {
     evaluated: Evaluated,
     /// Training and validation rows.
     rows: [usize; 2],
+    /// The validation rows, for the training profile.
+    val_rows: Rows,
 }
 
 /// Chooses the forests' regularisation and the calibration on the training rows, fits, and
@@ -369,6 +413,7 @@ fn fit_and_evaluate(
         segments,
         evaluated,
         rows: [train_rows.len(), val_rows.len()],
+        val_rows,
     })
 }
 
@@ -503,6 +548,7 @@ struct Facts<'a> {
     evaluated: Evaluated,
     beats: bool,
     ranges: Vec<FeatureRange>,
+    profile: Profile,
 }
 
 /// Each feature's range over the rows the forests were fitted on, in schema order. Tenure
@@ -592,6 +638,7 @@ fn manifest(
         segment_table: facts.evaluated.segment_table,
         rhythm: bundle.rhythm.clone(),
         feature_ranges: facts.ranges,
+        profile: Some(facts.profile),
         files: vec![FileEntry {
             name: BUNDLE_FILE.into(),
             sha256: sha,

@@ -4,6 +4,7 @@
 //! binary; no gRPC here.
 
 pub mod batch;
+mod curves;
 pub mod dataset;
 pub mod dialect;
 pub mod eval;
@@ -16,6 +17,7 @@ pub mod load;
 pub mod report;
 pub mod rhythm;
 pub mod split;
+mod views;
 
 use crate::features::FeatureError;
 use crate::forest::ForestError;
@@ -40,6 +42,8 @@ pub enum TrainError {
     Registry(#[from] RegistryError),
     #[error("split: {0}")]
     Split(String),
+    #[error("report: {0}")]
+    Report(#[from] crate::report::PlotError),
     #[error("not published: the models do not beat their baselines on the validation rows (churn ROC-AUC {:.4} vs {:.4}, CLV Spearman {:.4} vs {:.4}); pass --force to publish anyway", .0.churn.roc_auc, .0.churn_baseline.roc_auc, .0.clv.spearman, .0.clv_baseline.spearman)]
     NotBetter(Box<Metrics>),
     #[error("{path}: {source}")]

@@ -12,6 +12,7 @@ mod monitoring;
 mod moto;
 mod redis;
 mod registry;
+mod report;
 mod rhythm;
 mod security;
 mod server;

@@ -156,7 +156,12 @@ fn fit_publishes_a_complete_version_without_customer_ids() {
     let ids: HashSet<&[u8]> = truth.iter().map(|t| t.id.as_bytes()).collect();
     let width = truth[0].id.len();
     let files = files_below(&reg);
-    assert_eq!(files.len(), 2, "model.bin and manifest.json: {files:?}");
+    let names: Vec<_> = files.iter().filter_map(|f| f.file_name()?.to_str()).collect();
+    assert_eq!(
+        names,
+        ["evaluation.json", "manifest.json", "model.bin", "report.html"],
+        "{files:?}"
+    );
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         let hit = bytes.windows(width).find(|w| ids.contains(w));

@@ -1,0 +1,1 @@
+//! The A/B read-out as a page (`experiment-report --html`).
