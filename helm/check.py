@@ -154,6 +154,8 @@ def assertions(docs, values):
         (t,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
         need(t["command"] == ["loyalscore-train"] and t["args"][0] == "fit", "the CronJob runs loyalscore-train fit")
         need(("--promote" in t["args"]) == values["trainer"]["promote"], "promotion only when trainer.promote")
+        need(("--gate-alias" in t["args"]) == values["trainer"]["promote"],
+             "a promoting CronJob gates against the alias's version")
     image_and_no_shell(docs, values)
     rules = by_kind(docs, "PrometheusRule")
     need(bool(rules) == values["alerts"]["enabled"], "a PrometheusRule exactly when alerts.enabled")

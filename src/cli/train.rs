@@ -218,8 +218,29 @@ pub struct FitArgs {
         requires = "reason"
     )]
     pub promote: Option<String>,
+    /// Also score the version this alias points at, beside the candidate, on the validation
+    /// rows after that version's data ended (rows it was never fitted on).
+    #[arg(long, value_name = "ALIAS")]
+    pub compare_alias: Option<String>,
+    /// Compare with this alias's version (as --compare-alias) and refuse to publish (exit 1)
+    /// a candidate whose churn ROC-AUC or CLV Spearman is below it by more than
+    /// --gate-margin. Without rows to compare on (the alias's data is too recent), the
+    /// candidate is published but --promote does not move the alias. An alias that does not
+    /// exist yet lets any candidate through.
+    #[arg(long, value_name = "ALIAS", conflicts_with = "compare_alias")]
+    pub gate_alias: Option<String>,
+    /// How much worse (in ROC-AUC and in Spearman) the gate lets a candidate be.
+    #[arg(long, default_value_t = 0.005, value_parser = gate_margin)]
+    pub gate_margin: f64,
     #[command(flatten)]
     pub who: super::admin::Who,
+}
+
+fn gate_margin(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if (0.0..=1.0).contains(&m) => Ok(m),
+        _ => Err(format!("{s:?} is not a margin in [0, 1]")),
+    }
 }
 
 /// The segment rules' thresholds (README "Segments"), stored in the version.
@@ -635,22 +656,20 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
         .build()?;
     // Open the registry first: a bad URL should fail before minutes of training.
     let registry = Registry::open(&a.registry.registry)?;
-    let opts = fit_options(&a)?;
+    let mut opts = fit_options(&a)?;
     // Where the alias points now, read before training: the promotion below must not undo a
     // move someone made during the fit.
-    let promote_from = match &a.promote {
-        Some(alias) => Some(match rt.block_on(registry.alias(alias))? {
-            Some(r) => Expect::Version(r.version),
-            None => Expect::Absent,
-        }),
-        None => None,
+    let promote_from = a
+        .promote
+        .as_ref()
+        .map(|alias| expect_now(&registry, alias, &rt))
+        .transpose()?;
+    let against = against(&a, &registry, &rt)?;
+    opts.compare = against.as_ref().map(|x| (x.bundle.clone(), x.data_end));
+    let mut say: Box<dyn Write> = match a.json {
+        true => Box::new(std::io::stderr()),
+        false => Box::new(std::io::stdout()),
     };
-    let mut say: Box<dyn Write> = if a.json {
-        Box::new(std::io::stderr())
-    } else {
-        Box::new(std::io::stdout())
-    };
-
     let log = load_log(&a.transactions, &rt)?;
     write!(say, "{}", report::data_quality(&log.quality))?;
     let run = RunInfo {
@@ -665,6 +684,7 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
         other => other?,
     };
     drop(log);
+    let compared = trained.compared.clone();
     let (manifest, files) = trained.into_artifact()?;
     writeln!(say)?;
     write!(say, "{}", report::version_summary(&manifest))?;
@@ -674,18 +694,14 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
             "warning: published with --force although the models do not beat their baselines"
         )?;
     }
+    let may_promote = match (&against, &compared) {
+        (Some(x), Some(c)) => gate(&a, c, x, &mut say)?,
+        _ => true,
+    };
     let version = manifest.version.clone();
-    if a.dry_run {
-        writeln!(
-            say,
-            "dry run: nothing published (version would be {version})"
-        )?;
-    } else {
-        rt.block_on(registry.publish(&manifest, &files))?;
-        writeln!(say, "published version {version} to {}", registry.url())?;
-    }
+    publish(&a, &registry, &rt, (&manifest, &files), &mut say)?;
     let promoted = match (&a.promote, &promote_from) {
-        (Some(alias), Some(expect)) if !a.dry_run => {
+        (Some(alias), Some(expect)) if !a.dry_run && may_promote => {
             let mv = super::admin::mv(a.who.clone());
             rt.block_on(registry.set_alias(alias, &version, expect, &mv))?;
             writeln!(say, "{alias} now points at {version}")?;
@@ -701,10 +717,135 @@ pub fn run_fit(a: FitArgs) -> anyhow::Result<Option<String>> {
             "beats_baselines": manifest.beats_baselines,
             "promoted": promoted,
             "metrics": manifest.metrics,
+            "compared": compared,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok((!a.dry_run).then_some(version))
+}
+
+/// Publishes the version, unless a dry run.
+fn publish(
+    a: &FitArgs,
+    registry: &Registry,
+    rt: &tokio::runtime::Runtime,
+    (manifest, files): (&crate::model::Manifest, &[trainer::fit::ArtifactFile]),
+    say: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let version = &manifest.version;
+    if a.dry_run {
+        writeln!(
+            say,
+            "dry run: nothing published (version would be {version})"
+        )?;
+    } else {
+        rt.block_on(registry.publish(manifest, files))?;
+        writeln!(say, "published version {version} to {}", registry.url())?;
+    }
+    Ok(())
+}
+
+/// Where an alias points now, as the expectation of a compare-and-swap.
+fn expect_now(
+    registry: &Registry,
+    alias: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Expect> {
+    Ok(match rt.block_on(registry.alias(alias))? {
+        Some(r) => Expect::Version(r.version),
+        None => Expect::Absent,
+    })
+}
+
+/// The version `--compare-alias` or `--gate-alias` names.
+struct Against {
+    alias: String,
+    version: String,
+    bundle: std::sync::Arc<crate::model::ModelBundle>,
+    /// Its last purchase: candidate rows from here on are ones it never saw.
+    data_end: i64,
+}
+
+/// Loads the version to compare with before training: a bad alias, or a version this build
+/// cannot compare, fails now rather than after minutes of training.
+fn against(
+    a: &FitArgs,
+    registry: &Registry,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<Against>> {
+    let Some(alias) = a.gate_alias.as_ref().or(a.compare_alias.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(record) = rt.block_on(registry.alias(alias))? else {
+        eprintln!("note: alias {alias} does not exist yet: nothing to compare with");
+        return Ok(None);
+    };
+    let v = &record.version;
+    let (manifest, bundle) = rt.block_on(registry.load(v))?;
+    if bundle.schema != crate::features::FeatureSchema::current() {
+        anyhow::bail!(
+            "{alias} ({v}) uses feature schema {}, this build {}: its forests cannot read these rows",
+            bundle.schema.version,
+            crate::features::SCHEMA_VERSION
+        );
+    }
+    if bundle.horizon_days != a.horizon_days {
+        anyhow::bail!(
+            "{alias} ({v}) predicts {} days ahead, the candidate {}: their figures are not comparable (--horizon-days)",
+            bundle.horizon_days,
+            a.horizon_days
+        );
+    }
+    let data_end = crate::time::parse_timestamp(&manifest.data.last_purchase).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{alias} ({v}): its manifest's last purchase {:?} is no timestamp",
+            manifest.data.last_purchase
+        )
+    })?;
+    Ok(Some(Against {
+        alias: alias.clone(),
+        version: v.clone(),
+        bundle: std::sync::Arc::new(bundle),
+        data_end,
+    }))
+}
+
+/// Prints the comparison; then, with `--gate-alias`, an error (nothing published) when the
+/// candidate is worse than the alias's version by more than the margin; `Ok(false)` (publish, do not promote) when
+/// there were no rows to compare on.
+fn gate(
+    a: &FitArgs,
+    c: &trainer::evaluate::Comparison,
+    x: &Against,
+    say: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    use trainer::evaluate::Comparison;
+    write!(say, "{}", report::comparison(c, &x.alias, &x.version))?;
+    if a.gate_alias.is_none() {
+        return Ok(true);
+    }
+    let (alias, v, margin) = (&x.alias, &x.version, a.gate_margin);
+    let c = match c {
+        Comparison::NoFairRows { .. } => {
+            writeln!(say, "gate: nothing to compare on yet, so the candidate is published but {alias} is not moved")?;
+            return Ok(false);
+        }
+        Comparison::Compared(c) => c,
+    };
+    let auc = (c.candidate.churn.roc_auc, c.other.churn.roc_auc);
+    let rho = (c.candidate.clv.spearman, c.other.clv.spearman);
+    if auc.0 < auc.1 - margin || rho.0 < rho.1 - margin {
+        anyhow::bail!(
+            "gate: the candidate is worse than {alias} ({v}) on the {} validation rows after its data ended \
+             (churn ROC-AUC {:.4} vs {:.4}, CLV Spearman {:.4} vs {:.4}, margin {margin}); nothing published",
+            c.rows, auc.0, auc.1, rho.0, rho.1
+        );
+    }
+    writeln!(
+        say,
+        "gate: the candidate is no worse than {alias} ({v}) (margin {margin})"
+    )?;
+    Ok(true)
 }
 
 /// The training options the flags ask for, checked before minutes of training.

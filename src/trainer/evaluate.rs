@@ -24,6 +24,103 @@ pub struct Evaluated {
     pub curves: Evaluation,
 }
 
+/// Another version (the one in production) against the candidate on the same validation
+/// rows: only the rows whose labels start on or after the day that version's data ended, so
+/// it is never scored on purchases it was fitted on (a published version is refitted on the
+/// latest labelled data, which overlaps the next candidate's earlier validation windows).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Compared {
+    /// The other version's data end: rows from this snapshot on are compared.
+    pub from: String,
+    pub rows: u64,
+    /// Validation snapshots compared.
+    pub snapshots: Vec<String>,
+    pub candidate: Scores,
+    pub other: Scores,
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scores {
+    pub churn: crate::model::ChurnMetrics,
+    pub clv: crate::model::ClvMetrics,
+}
+
+/// What a comparison found: figures, or no validation row after the other version's data.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Comparison {
+    Compared(Box<Compared>),
+    NoFairRows {
+        /// The other version's data end.
+        from: String,
+        /// The candidate's latest validation snapshot.
+        latest_validation: String,
+    },
+}
+
+/// The candidate (its evaluated forests and calibration) and `other` on the validation rows
+/// at or after `from` (the other version's data end).
+pub fn compare(
+    [churn_f, clv_f]: [&FlatForest; 2],
+    calibration: &Calibration,
+    other: &crate::model::ModelBundle,
+    val: &Rows,
+    from: i64,
+) -> Comparison {
+    let idx: Vec<usize> = (0..val.len()).filter(|&i| val.as_of(i) >= from).collect();
+    if idx.is_empty() {
+        return Comparison::NoFairRows {
+            from: fmt_ts(from),
+            latest_validation: val
+                .snapshots
+                .last()
+                .map_or_else(String::new, |&t| fmt_ts(t)),
+        };
+    }
+    let rows = val.select(&idx);
+    let candidate = Scores {
+        churn: churn_metrics(
+            &churn_f
+                .predict(&rows.x)
+                .into_iter()
+                .map(|r| calibration.apply(r))
+                .collect::<Vec<_>>(),
+            &rows.churned,
+        ),
+        clv: clv_metrics(
+            &clv_f
+                .predict(&rows.x)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect::<Vec<_>>(),
+            &rows.spend_next,
+        ),
+    };
+    let scored: Vec<crate::model::Scores> = (0..rows.len())
+        .map(|i| other.scores(rows.x.row(i)))
+        .collect();
+    let other = Scores {
+        churn: churn_metrics(
+            &scored.iter().map(|s| s.churn).collect::<Vec<_>>(),
+            &rows.churned,
+        ),
+        clv: clv_metrics(
+            &scored.iter().map(|s| s.clv).collect::<Vec<_>>(),
+            &rows.spend_next,
+        ),
+    };
+    let mut snapshots: Vec<String> = idx.iter().map(|&i| fmt_ts(val.as_of(i))).collect();
+    snapshots.dedup();
+    Comparison::Compared(Box::new(Compared {
+        from: fmt_ts(from),
+        rows: idx.len() as u64,
+        snapshots,
+        candidate,
+        other,
+    }))
+}
+
 /// The 90-day rule, made a probability: the churn rate of its two groups on the training rows.
 fn ninety_day_rule(train: &Rows) -> impl Fn(f64) -> f64 {
     let r = train.feature("recency_days");

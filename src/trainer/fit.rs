@@ -13,7 +13,7 @@ use crate::model::{
 use super::dataset::{
     build_rows, cap_rows, count_rows, in_share, split_by_customer, stable_hash, Rows,
 };
-use super::evaluate::{evaluate, Evaluated};
+use super::evaluate::{compare, evaluate, Comparison, Evaluated};
 use super::grid::grid_search;
 use super::load::TransactionLog;
 use super::rhythm::{fit_season, prior_from_rows};
@@ -71,6 +71,9 @@ pub struct FitOptions {
     pub value_high: Option<f64>,
     pub threads: usize,
     pub force: bool,
+    /// A version to compare with on the validation rows after its data ended, and that
+    /// end (`fit --compare-alias`, `--gate-alias`).
+    pub compare: Option<(std::sync::Arc<ModelBundle>, i64)>,
 }
 
 impl Default for FitOptions {
@@ -100,6 +103,7 @@ impl Default for FitOptions {
             value_high: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             force: false,
+            compare: None,
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct Trained {
     pub bundle_bytes: Vec<u8>,
     /// What the report draws (`evaluation.json`).
     pub evaluation: Evaluation,
+    /// [`FitOptions::compare`]'s version against this one.
+    pub compared: Option<Comparison>,
 }
 
 /// A file of a version: its name and bytes.
@@ -353,6 +359,7 @@ pub fn train(
         bundle,
         bundle_bytes,
         evaluation,
+        compared: recipe.compared,
     })
 }
 
@@ -368,6 +375,7 @@ struct Recipe {
     rows: [usize; 2],
     /// The validation rows, for the training profile.
     val_rows: Rows,
+    compared: Option<Comparison>,
 }
 
 /// Chooses the forests' regularisation and the calibration on the training rows, fits, and
@@ -413,6 +421,15 @@ fn fit_and_evaluate(
         segments,
         evaluated,
         rows: [train_rows.len(), val_rows.len()],
+        compared: opts.compare.as_ref().map(|(other, from)| {
+            compare(
+                [&forests.0, &forests.1],
+                &calibration,
+                other,
+                &val_rows,
+                *from,
+            )
+        }),
         val_rows,
     })
 }

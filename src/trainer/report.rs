@@ -67,6 +67,44 @@ fn row(s: &mut String, name: &str, model: f64, base: f64, higher_is_better: bool
     );
 }
 
+/// The candidate beside another version on the rows after that version's data ended.
+pub fn comparison(c: &super::evaluate::Comparison, alias: &str, version: &str) -> String {
+    use super::evaluate::Comparison;
+    let mut s = String::new();
+    match c {
+        Comparison::NoFairRows {
+            from,
+            latest_validation,
+        } => {
+            let _ = writeln!(
+                s,
+                "vs {alias} ({version}): not compared: its data ends {from}, after the candidate's latest validation snapshot {latest_validation}; a fair comparison needs validation rows whose labels it has not seen (data through its end plus the horizon)"
+            );
+        }
+        Comparison::Compared(c) => {
+            let _ = writeln!(
+                s,
+                "vs {alias} ({version}) on the {} validation rows from {} (after its data ended):",
+                c.rows, c.from
+            );
+            let _ = writeln!(s, "  {:<22} {:>12} {:>14}", "", "candidate", alias);
+            let (a, b) = (&c.candidate, &c.other);
+            row(
+                &mut s,
+                "churn ROC-AUC",
+                a.churn.roc_auc,
+                b.churn.roc_auc,
+                true,
+            );
+            row(&mut s, "churn PR-AUC", a.churn.pr_auc, b.churn.pr_auc, true);
+            row(&mut s, "churn Brier", a.churn.brier, b.churn.brier, false);
+            row(&mut s, "CLV Spearman", a.clv.spearman, b.clv.spearman, true);
+            row(&mut s, "CLV MAE", a.clv.mae, b.clv.mae, false);
+        }
+    }
+    s
+}
+
 /// One table: each model's validation metrics next to its baseline's.
 pub fn metrics_table(m: &Metrics) -> String {
     let mut s = String::new();

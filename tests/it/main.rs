@@ -6,6 +6,7 @@ mod experiment;
 mod faults;
 mod first_hour;
 mod fuzz;
+mod gate;
 mod helm;
 mod hostile;
 mod monitoring;

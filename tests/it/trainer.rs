@@ -156,10 +156,18 @@ fn fit_publishes_a_complete_version_without_customer_ids() {
     let ids: HashSet<&[u8]> = truth.iter().map(|t| t.id.as_bytes()).collect();
     let width = truth[0].id.len();
     let files = files_below(&reg);
-    let names: Vec<_> = files.iter().filter_map(|f| f.file_name()?.to_str()).collect();
+    let names: Vec<_> = files
+        .iter()
+        .filter_map(|f| f.file_name()?.to_str())
+        .collect();
     assert_eq!(
         names,
-        ["evaluation.json", "manifest.json", "model.bin", "report.html"],
+        [
+            "evaluation.json",
+            "manifest.json",
+            "model.bin",
+            "report.html"
+        ],
         "{files:?}"
     );
     for f in files {
