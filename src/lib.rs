@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`features`]: `CustomerSummary` and the feature function, shared by trainer and server.
 pub mod cli;
+pub mod drift;
 pub mod exposure;
 pub mod features;
 pub mod flags;

@@ -43,6 +43,9 @@ pub enum Cmd {
     /// Ask a running server's health service (exit 0 when SERVING): a probe for images
     /// without a shell.
     Health(super::client::HealthArgs),
+    /// How far what a running server scored in the last hour has moved from its version's
+    /// training profile: the population stability index of every feature and both scores.
+    Drift(super::client::DriftArgs),
     /// Score every customer of a transaction log with a running server (CSV out).
     ScoreLog(super::score_log::ScoreLogArgs),
     /// Live customer state: load a log, show a customer, erase one (GDPR).
@@ -193,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Score(a) => rt.block_on(super::client::score(a, json)),
         Cmd::Health(a) => rt.block_on(super::client::health(a, json)),
+        Cmd::Drift(a) => rt.block_on(super::client::drift(a, json)),
         Cmd::ScoreLog(a) => super::score_log::run(a, &rt),
         Cmd::Bench(a) => super::bench::runtime(&a)?.block_on(super::bench::run(a, json)),
         Cmd::Quickstart(a) => super::train::run_quickstart(a, &cli.registry, &rt),

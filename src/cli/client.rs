@@ -346,3 +346,93 @@ fn response_text(r: &pb::ScoreResponse) -> String {
     }
     s
 }
+
+#[derive(Args, Debug)]
+pub struct DriftArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Below this a distribution counts as stable, above [`SHIFTED`] as shifted (the usual
+/// reading of the population stability index).
+const STABLE: f64 = 0.1;
+const SHIFTED: f64 = 0.25;
+
+fn psi_reading(psi: f64) -> &'static str {
+    if psi < STABLE {
+        "stable"
+    } else if psi <= SHIFTED {
+        "moving"
+    } else {
+        "shifted"
+    }
+}
+
+/// Prints the served version's drift: every feature's and score's PSI, then the segments.
+pub async fn drift(a: DriftArgs, json: bool) -> anyhow::Result<()> {
+    let channel = a.server.connect().await?;
+    let r = ScoringClient::new(channel)
+        .drift(a.server.request(pb::DriftRequest {})?)
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    if json {
+        let out = serde_json::json!({
+            "model_version": r.model_version,
+            "profiled": r.profiled,
+            "rows": r.rows,
+            "window_seconds": r.window_seconds,
+            "distributions": r.distributions.iter().map(|d| serde_json::json!({
+                "name": d.name, "kind": d.kind, "psi": d.psi, "reading": psi_reading(d.psi),
+            })).collect::<Vec<_>>(),
+            "segments": r.segments.iter().map(|s| serde_json::json!({
+                "segment": s.segment, "share": s.share, "training_share": s.training_share,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if !r.profiled {
+        println!(
+            "{}: fitted before training profiles; nothing to compare with",
+            r.model_version
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} rows scored in the last {} s, against its training profile",
+        r.model_version, r.rows, r.window_seconds
+    );
+    let rows: Vec<Vec<String>> = r
+        .distributions
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.kind.clone(),
+                format!("{:.3}", d.psi),
+                psi_reading(d.psi).into(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::trainer::report::table(&["distribution", "kind", "PSI", "reading"], &rows)
+    );
+    let rows: Vec<Vec<String>> = r
+        .segments
+        .iter()
+        .map(|s| {
+            vec![
+                s.segment.clone(),
+                format!("{:.1} %", s.share * 100.0),
+                format!("{:.1} %", s.training_share * 100.0),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::trainer::report::table(&["segment", "served", "training"], &rows)
+    );
+    Ok(())
+}

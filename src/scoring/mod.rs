@@ -106,6 +106,8 @@ pub struct Model {
     pub bundle: ModelBundle,
     /// The version's rhythm prior with its season tabulated.
     rhythm: RhythmModel,
+    /// What this version has served, against its training profile (none before profiles).
+    pub drift: Option<crate::drift::Monitor>,
 }
 
 impl Model {
@@ -124,9 +126,20 @@ impl Model {
         Ok(Model {
             version: manifest.version.clone(),
             rhythm: RhythmModel::new(bundle.rhythm.clone()),
+            drift: manifest
+                .profile
+                .as_ref()
+                .and_then(crate::drift::Monitor::new),
             manifest,
             bundle,
         })
+    }
+
+    /// Counts a served answer for drift (the features it was computed from, at `now`).
+    pub fn served(&self, features: &FeatureVector, s: &Scored, now: i64) {
+        if let Some(d) = &self.drift {
+            d.record(features, (s.churn, s.clv), s.segment, now);
+        }
     }
 
     pub fn schema(&self) -> &FeatureSchema {

@@ -228,3 +228,47 @@ pub fn version_info(m: &crate::model::Manifest) -> Result<pb::VersionInfo, Statu
         manifest_json: String::from_utf8_lossy(&json).into_owned(),
     })
 }
+
+/// The served version's drift as the Drift RPC answers it.
+pub fn drift(model: &crate::scoring::Model, now: i64) -> pb::DriftResponse {
+    let training = |seg: &str| {
+        model
+            .manifest
+            .segment_table
+            .iter()
+            .find(|r| r.segment == seg)
+            .map_or(0.0, |r| r.share)
+    };
+    let Some(report) = model.drift.as_ref().map(|d| d.report(now)) else {
+        return pb::DriftResponse {
+            model_version: model.version.clone(),
+            ..Default::default()
+        };
+    };
+    pb::DriftResponse {
+        model_version: model.version.clone(),
+        profiled: true,
+        rows: report.rows,
+        window_seconds: crate::drift::WINDOW_SECS as u32,
+        distributions: report
+            .distributions
+            .into_iter()
+            .map(|d| pb::DistributionDrift {
+                name: d.name,
+                kind: d.kind.to_string(),
+                psi: d.psi,
+                expected: d.expected,
+                actual: d.actual,
+            })
+            .collect(),
+        segments: report
+            .segments
+            .iter()
+            .map(|(s, share)| pb::SegmentShare {
+                segment: s.as_str().to_string(),
+                share: *share,
+                training_share: training(s.as_str()),
+            })
+            .collect(),
+    }
+}

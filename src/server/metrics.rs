@@ -66,6 +66,78 @@ pub struct Metrics {
     pub tls_handshake_failures: prometheus::IntCounter,
     /// The exposure log's own count of those, read into the gauge at each scrape.
     exposure_source: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// The served version's drift, read at each scrape.
+    drift: DriftGauges,
+    drift_source: std::sync::OnceLock<DriftSource>,
+}
+
+/// Where the served version's drift comes from (`None`: no version, or one without a
+/// training profile).
+pub type DriftSource = Box<dyn Fn() -> Option<crate::drift::Report> + Send + Sync>;
+
+/// The drift gauges: the population stability index of every feature and both scores over
+/// the last hour against the training profile, the segments' shares, and how many rows.
+struct DriftGauges {
+    feature_psi: prometheus::GaugeVec,
+    score_psi: prometheus::GaugeVec,
+    segment_share: prometheus::GaugeVec,
+    rows: prometheus::IntGauge,
+}
+
+impl DriftGauges {
+    fn new(registry: &Registry) -> Self {
+        let vec = |name: &str, help: &str, label: &str| {
+            let g = must(prometheus::GaugeVec::new(Opts::new(name, help), &[label]));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let rows = must(prometheus::IntGauge::new(
+            "drift_rows",
+            "rows scored in the drift window (the last hour) by the served version",
+        ));
+        let _ = registry.register(Box::new(rows.clone()));
+        DriftGauges {
+            feature_psi: vec(
+                "feature_psi",
+                "population stability index of a feature over the last hour against the served version's training profile",
+                "feature",
+            ),
+            score_psi: vec(
+                "score_psi",
+                "population stability index of a score (churn, clv) over the last hour against the training profile",
+                "score",
+            ),
+            segment_share: vec(
+                "segment_share",
+                "share of the rows scored in the last hour in each segment",
+                "segment",
+            ),
+            rows,
+        }
+    }
+
+    fn set(&self, report: Option<crate::drift::Report>) {
+        for g in [&self.feature_psi, &self.score_psi, &self.segment_share] {
+            g.reset();
+        }
+        let Some(r) = report else {
+            self.rows.set(0);
+            return;
+        };
+        self.rows.set(i64::try_from(r.rows).unwrap_or(i64::MAX));
+        for d in &r.distributions {
+            let g = match d.kind {
+                "feature" => &self.feature_psi,
+                _ => &self.score_psi,
+            };
+            g.with_label_values(&[d.name.as_str()]).set(d.psi);
+        }
+        for (s, share) in &r.segments {
+            self.segment_share
+                .with_label_values(&[s.as_str()])
+                .set(*share);
+        }
+    }
 }
 
 /// The gRPC code's name as a metric label (and in BatchScore item errors).
@@ -267,6 +339,8 @@ impl Metrics {
         ));
         let _ = registry.register(Box::new(tls_handshake_failures.clone()));
         let m = Metrics {
+            drift: DriftGauges::new(&registry),
+            drift_source: Default::default(),
             tls_handshake_failures,
             model_stale,
             alias_corrupt,
@@ -349,8 +423,16 @@ impl Metrics {
         let _ = self.exposure_source.set(pending);
     }
 
+    /// Follows the served version's drift.
+    pub fn watch_drift(&self, source: DriftSource) {
+        let _ = self.drift_source.set(source);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(f) = self.drift_source.get() {
+            self.drift.set(f());
+        }
         if let Some(p) = self.exposure_source.get() {
             let n = p.load(std::sync::atomic::Ordering::Relaxed);
             self.exposure_pending

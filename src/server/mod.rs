@@ -97,6 +97,7 @@ pub async fn serve(
         (metrics.clone(), config.max_pinned_versions),
         health,
     ));
+    metrics.watch_drift(models::drift_source(&models));
     let gates = Gates::start(&config, &metrics)?;
     let tls = TlsPorts::start(&config)?;
     let (exposures, exposure_writer) = start_exposures(&config, &metrics)?;

@@ -249,6 +249,15 @@ pub const CURRENT_SERVICE: &str = "current";
 /// How often a server that serves nothing says why.
 const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
+/// The served version's drift now, for the metrics (held weakly: the metrics outlive no one).
+pub fn drift_source(models: &Arc<Models>) -> super::metrics::DriftSource {
+    let models = Arc::downgrade(models);
+    Box::new(move || {
+        let m = models.upgrade()?.active()?;
+        Some(m.drift.as_ref()?.report(chrono::Utc::now().timestamp()))
+    })
+}
+
 /// The gRPC service names whose health follows the model.
 pub const HEALTH_SERVICES: [&str; 2] = ["", "loyalscore.v1.Scoring"];
 

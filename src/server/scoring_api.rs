@@ -433,6 +433,7 @@ impl ScoringService {
             locale,
         };
         let scored = scoring::score_input(model, input, as_of, how);
+        model.served(&input.features, &scored, now());
         let mut resp = convert::response(
             item.customer_id,
             scored,
@@ -500,6 +501,20 @@ impl ScoringService {
 
 #[tonic::async_trait]
 impl Scoring for ScoringService {
+    async fn drift(
+        &self,
+        req: Request<pb::DriftRequest>,
+    ) -> Result<Response<pb::DriftResponse>, Status> {
+        let start = Instant::now();
+        let mut outcome = Outcome::new(&self.metrics, ("Drift", &req), start, None);
+        let Some(model) = self.models.active() else {
+            outcome.finish(convert::scoring_code(&ScoringError::NotReady), "");
+            return Err(convert::scoring_status(ScoringError::NotReady));
+        };
+        outcome.finish(Code::Ok, &model.version);
+        Ok(Response::new(convert::drift(&model, now())))
+    }
+
     async fn score(
         &self,
         req: Request<pb::ScoreRequest>,

@@ -187,6 +187,7 @@ impl InferenceService {
                 rows.iter()
                     .map(|f| {
                         let s = scoring::score(&model, f, now, Default::default());
+                        model.served(f, &s, now);
                         (s.churn, s.clv)
                     })
                     .unzip()

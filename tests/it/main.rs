@@ -2,6 +2,7 @@
 
 mod boundary;
 mod cli;
+mod drift;
 mod experiment;
 mod faults;
 mod first_hour;
