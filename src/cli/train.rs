@@ -67,6 +67,9 @@ pub struct ExperimentReportArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write the read-out as one self-contained HTML page (plots inline).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -543,6 +546,11 @@ fn run_experiment_report(a: ExperimentReportArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let r = trainer::experiment::report(&exposures, &log, &key, a.experiment.as_deref(), &opts)?;
+    if let Some(path) = &a.html {
+        std::fs::write(path, crate::report::experiment::page(&r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

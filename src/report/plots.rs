@@ -244,3 +244,77 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
         .background_style(WHITE.mix(0.9))
         .draw()
 }
+
+/// A forest plot: one row per estimate, its interval as a bar and its value as a dot, with
+/// the line of no difference.
+pub struct ForestPlot<'a> {
+    pub title: &'a str,
+    pub x_desc: &'a str,
+    /// (label, value, low, high).
+    pub rows: Vec<(String, f64, f64, f64)>,
+}
+
+pub fn forest_plot(c: &ForestPlot) -> Result<String, PlotError> {
+    let e = err(c.title);
+    let n = c.rows.len().max(1);
+    let ends = c
+        .rows
+        .iter()
+        .flat_map(|r| [r.1, r.2, r.3])
+        .filter(|v| v.is_finite())
+        .fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let pad = ((ends.1 - ends.0) * 0.1).max(1e-6);
+    let mut svg = String::new();
+    {
+        let height = (n as u32 * 40 + 110).max(200);
+        let root = SVGBackend::with_string(&mut svg, (SIZE.0, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(&e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(c.title, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(170)
+            .build_cartesian_2d(ends.0 - pad..ends.1 + pad, 0.0..n as f64)
+            .map_err(&e)?;
+        let labels = |v: &f64| {
+            let i = v.floor() as usize;
+            match c.rows.get(n.saturating_sub(1 + i)) {
+                Some(r) if (v - v.floor() - 0.5).abs() < 1e-6 => r.0.clone(),
+                _ => String::new(),
+            }
+        };
+        chart
+            .configure_mesh()
+            .max_light_lines(1)
+            .y_labels(n * 2 + 1)
+            .y_label_formatter(&labels)
+            .x_desc(c.x_desc)
+            .draw()
+            .map_err(&e)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (0.0, n as f64)],
+                BLACK.mix(0.5),
+            ))
+            .map_err(&e)?;
+        let colour = PALETTE[0];
+        for (i, (_, value, low, high)) in c.rows.iter().enumerate() {
+            let y = (n - 1 - i) as f64 + 0.5;
+            chart
+                .draw_series(LineSeries::new(
+                    [(*low, y), (*high, y)],
+                    colour.stroke_width(3),
+                ))
+                .map_err(&e)?;
+            chart
+                .draw_series(std::iter::once(Circle::new(
+                    (*value, y),
+                    5,
+                    colour.filled(),
+                )))
+                .map_err(&e)?;
+        }
+        root.present().map_err(&e)?;
+    }
+    Ok(svg)
+}

@@ -80,6 +80,40 @@ pub struct ArmReport {
     pub clv_mae: Option<Estimate>,
     /// Mean predicted CLV minus mean realised spend.
     pub clv_bias: Option<Estimate>,
+    /// Calibration and gains of the arm's scores (scored arms only): the page's plots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curves: Option<ArmCurves>,
+}
+
+/// What the read-out page draws per arm.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmCurves {
+    /// Ten bins of predicted churn: mean prediction against the realised rate.
+    pub calibration: Vec<crate::model::CalibrationBin>,
+    /// Deciles by predicted churn: the share of the arm's churners among them.
+    pub churn_gains: Vec<crate::model::Gain>,
+    /// Deciles by predicted CLV: the share of the arm's realised spend.
+    pub clv_gains: Vec<crate::model::Gain>,
+}
+
+impl ArmCurves {
+    /// The curves of the rows that were scored; `None` for an arm without scores.
+    fn of(rows: &[Row]) -> Option<Self> {
+        let scored: Vec<&Row> = rows.iter().filter(|r| r.churn_p.is_some()).collect();
+        if scored.is_empty() {
+            return None;
+        }
+        let p: Vec<f64> = scored.iter().filter_map(|r| r.churn_p).collect();
+        let churned: Vec<bool> = scored.iter().map(|r| r.churned).collect();
+        let y: Vec<f64> = churned.iter().map(|&c| f64::from(u8::from(c))).collect();
+        let clv: Vec<f64> = scored.iter().map(|r| r.clv.unwrap_or(0.0)).collect();
+        let spend: Vec<f64> = scored.iter().map(|r| r.spend).collect();
+        Some(ArmCurves {
+            calibration: super::eval::churn_metrics(&p, &churned).calibration,
+            churn_gains: super::curves::gains(&p, &y),
+            clv_gains: super::curves::gains(&clv, &spend),
+        })
+    }
 }
 
 /// One arm against the control on one metric.
@@ -335,6 +369,7 @@ struct ArmSamples<'a> {
     name: &'a str,
     versions: &'a [String],
     customers: usize,
+    curves: Option<ArmCurves>,
     point: Stats,
     replicates: Vec<Stats>,
 }
@@ -358,6 +393,7 @@ impl<'a> ArmSamples<'a> {
             name,
             versions,
             customers: rows.len(),
+            curves: ArmCurves::of(rows),
             point: Stats::of(rows, None),
             replicates,
         }
@@ -384,6 +420,7 @@ impl<'a> ArmSamples<'a> {
             churn_ece: self.point.ece,
             clv_mae: est(&|s| s.clv_mae),
             clv_bias: est(&|s| s.clv_bias),
+            curves: self.curves.clone(),
         }
     }
 }

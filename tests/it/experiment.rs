@@ -670,7 +670,8 @@ async fn the_read_out_names_the_truly_better_challenger() {
     }
     assert!(ch.clv_mae.unwrap().value < ca.clv_mae.unwrap().value);
 
-    // The CLI reads out the same verdict.
+    // The CLI reads out the same verdict, and draws it as a page.
+    let page = dir.path().join("readout.html");
     let out = crate::support::train_cli(&[
         "experiment-report",
         "--exposures",
@@ -679,6 +680,8 @@ async fn the_read_out_names_the_truly_better_challenger() {
         csv.to_str().unwrap(),
         "--exposure-key",
         KEY,
+        "--html",
+        page.to_str().unwrap(),
     ]);
     let stdout = crate::support::text(&out.stdout);
     assert!(
@@ -691,6 +694,12 @@ async fn the_read_out_names_the_truly_better_challenger() {
             && stdout.contains("challenger is ahead"),
         "{stdout}"
     );
+    // Calibration, churn and CLV gains, and a forest plot per compared metric, each drawn in
+    // a real browser with no request made.
+    let watch = crate::report::Watch::start();
+    crate::report::assert_all_drawn(&page, &watch, 7);
+    crate::report::screenshot(&page, "experiment-readout.png", &watch);
+    assert_eq!(watch.requests(), Vec::<String>::new());
 
     // Under another key (the README's `openssl rand` run twice) no exposed customer is found
     // in the log: an error that points at the key, not a read-out of everyone churned.

@@ -47,7 +47,7 @@ document.body.appendChild(res);
 
 /// Any connection the browser opens: chromium sends every request (loopback too) to this
 /// proxy, which answers each with an empty 404.
-struct Watch {
+pub struct Watch {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -55,7 +55,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn start() -> Watch {
+    pub fn start() -> Watch {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
@@ -92,7 +92,7 @@ impl Watch {
 
     /// Requests other than the browser's own: headless chromium still asks Google's hosts
     /// for the time and for sign-in whatever page it shows (it does so for about:blank).
-    fn requests(&self) -> Vec<String> {
+    pub fn requests(&self) -> Vec<String> {
         let own = |r: &String| {
             let host = r.split_whitespace().nth(1).unwrap_or("");
             let host = host
@@ -178,7 +178,7 @@ fn drawn(page: &Path, watch: &Watch) -> (Vec<(String, usize)>, String) {
     (figures, probed(&dom, "resources").to_string())
 }
 
-fn screenshot(page: &Path, name: &str, watch: &Watch) -> PathBuf {
+pub fn screenshot(page: &Path, name: &str, watch: &Watch) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join(name);
@@ -203,7 +203,7 @@ fn screenshot(page: &Path, name: &str, watch: &Watch) -> PathBuf {
 }
 
 /// Every plot drew something, and there are as many as the report has.
-fn assert_all_drawn(page: &Path, watch: &Watch, at_least: usize) {
+pub fn assert_all_drawn(page: &Path, watch: &Watch, at_least: usize) {
     let (figures, resources) = drawn(page, watch);
     assert_eq!(resources, "", "{} loaded resources", page.display());
     assert!(
