@@ -142,7 +142,10 @@ fn benches(c: &mut Criterion) {
         b.iter(|| score(&s.model, black_box(&f), as_of, explain))
     });
     // What the server does per answer: score, then count the row for drift.
-    assert!(s.model.drift.is_some(), "the fitted version has a training profile");
+    assert!(
+        s.model.drift.is_some(),
+        "the fitted version has a training profile"
+    );
     g.bench_function("reasons_off_and_drift", |b| {
         b.iter(|| {
             let r = score(&s.model, black_box(&f), as_of, Explain::default());
