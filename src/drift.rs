@@ -15,6 +15,26 @@ pub const WINDOW_SECS: i64 = 3600;
 pub const SLOTS: usize = 6;
 const SLOT_SECS: i64 = WINDOW_SECS / SLOTS as i64;
 
+/// Fewer rows than this in the window and the PSI is mostly sampling noise.
+pub const MIN_ROWS: u64 = 100;
+/// Below this a distribution counts as stable, above [`SHIFTED`] as shifted (the usual
+/// reading of the population stability index).
+pub const STABLE: f64 = 0.1;
+pub const SHIFTED: f64 = 0.25;
+
+/// How to read a PSI counted on `rows` rows.
+pub fn reading(psi: f64, rows: u64) -> &'static str {
+    if rows < MIN_ROWS {
+        "too few rows"
+    } else if psi < STABLE {
+        "stable"
+    } else if psi <= SHIFTED {
+        "moving"
+    } else {
+        "shifted"
+    }
+}
+
 /// One distribution's drift.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Distribution {
@@ -199,6 +219,14 @@ mod tests {
                 .map(|s| s.1),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn a_psi_is_read_only_on_enough_rows() {
+        assert_eq!(reading(8.0, 1), "too few rows");
+        assert_eq!(reading(0.05, 500), "stable");
+        assert_eq!(reading(0.2, 500), "moving");
+        assert_eq!(reading(0.3, 500), "shifted");
     }
 
     #[test]

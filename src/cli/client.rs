@@ -353,21 +353,6 @@ pub struct DriftArgs {
     pub server: ServerArgs,
 }
 
-/// Below this a distribution counts as stable, above [`SHIFTED`] as shifted (the usual
-/// reading of the population stability index).
-const STABLE: f64 = 0.1;
-const SHIFTED: f64 = 0.25;
-
-fn psi_reading(psi: f64) -> &'static str {
-    if psi < STABLE {
-        "stable"
-    } else if psi <= SHIFTED {
-        "moving"
-    } else {
-        "shifted"
-    }
-}
-
 /// Prints the served version's drift: every feature's and score's PSI, then the segments.
 pub async fn drift(a: DriftArgs, json: bool) -> anyhow::Result<()> {
     let channel = a.server.connect().await?;
@@ -383,7 +368,7 @@ pub async fn drift(a: DriftArgs, json: bool) -> anyhow::Result<()> {
             "rows": r.rows,
             "window_seconds": r.window_seconds,
             "distributions": r.distributions.iter().map(|d| serde_json::json!({
-                "name": d.name, "kind": d.kind, "psi": d.psi, "reading": psi_reading(d.psi),
+                "name": d.name, "kind": d.kind, "psi": d.psi, "reading": crate::drift::reading(d.psi, r.rows),
             })).collect::<Vec<_>>(),
             "segments": r.segments.iter().map(|s| serde_json::json!({
                 "segment": s.segment, "share": s.share, "training_share": s.training_share,
@@ -411,7 +396,7 @@ pub async fn drift(a: DriftArgs, json: bool) -> anyhow::Result<()> {
                 d.name.clone(),
                 d.kind.clone(),
                 format!("{:.3}", d.psi),
-                psi_reading(d.psi).into(),
+                crate::drift::reading(d.psi, r.rows).into(),
             ]
         })
         .collect();
