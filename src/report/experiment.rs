@@ -2,9 +2,11 @@
 //! intervals, calibration and gains per arm, and every difference from the control as a
 //! forest plot.
 
-use super::plots::{forest_plot, line_chart, ForestPlot, Line, LineChart, PlotError, PALETTE};
-use super::{figure, page_start, table, PAGE_END};
-use crate::trainer::experiment::{ArmReport, Estimate, ExperimentReport};
+use super::plots::{forest_plot, ForestPlot, Line, PlotError, PALETTE};
+use super::{
+    calibration_chart, figure, gains_chart, gains_line, page_start, reliability, table, PAGE_END,
+};
+use crate::trainer::experiment::{ArmCurves, ArmReport, Estimate, ExperimentReport};
 
 fn est(e: Option<Estimate>) -> String {
     e.map_or_else(
@@ -126,34 +128,8 @@ fn comparisons(r: &ExperimentReport) -> Result<String, PlotError> {
 }
 
 fn calibration(arms: &[ArmReport]) -> Result<String, PlotError> {
-    let lines = arms
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| {
-            let c = a.curves.as_ref()?;
-            Some(Line {
-                name: a.arm.clone(),
-                points: c
-                    .calibration
-                    .iter()
-                    .filter(|b| b.count > 0)
-                    .map(|b| (b.mean_predicted, b.observed_rate))
-                    .collect(),
-                colour: PALETTE[i % PALETTE.len()],
-                dots: true,
-            })
-        })
-        .collect();
-    let svg = line_chart(&LineChart {
-        title: "Calibration by arm",
-        x_desc: "mean predicted churn",
-        y_desc: "realised churn rate",
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-        lines,
-        marks: vec![],
-        diagonal: true,
-    })?;
+    let lines = arm_lines(arms, |c| reliability(&c.calibration));
+    let svg = calibration_chart("Calibration by arm", lines)?;
     Ok(figure(
         "arm-calibration",
         &svg,
@@ -161,37 +137,33 @@ fn calibration(arms: &[ArmReport]) -> Result<String, PlotError> {
     ))
 }
 
-fn gains(
-    arms: &[ArmReport],
-    what: &str,
-    get: fn(&crate::trainer::experiment::ArmCurves) -> &[crate::model::Gain],
-    sought: &str,
-) -> Result<String, PlotError> {
-    let lines = arms
-        .iter()
+/// A line per scored arm.
+fn arm_lines(arms: &[ArmReport], points: impl Fn(&ArmCurves) -> Vec<(f64, f64)>) -> Vec<Line> {
+    arms.iter()
         .enumerate()
         .filter_map(|(i, a)| {
-            let c = a.curves.as_ref()?;
-            let mut points = vec![(0.0, 0.0)];
-            points.extend(get(c).iter().map(|g| (g.targeted, g.captured)));
             Some(Line {
                 name: a.arm.clone(),
-                points,
+                points: points(a.curves.as_ref()?),
                 colour: PALETTE[i % PALETTE.len()],
                 dots: true,
             })
         })
-        .collect();
-    let svg = line_chart(&LineChart {
-        title: &format!("Cumulative gains by arm: {what}"),
-        x_desc: "share of the arm's customers targeted (by score)",
-        y_desc: sought,
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-        lines,
-        marks: vec![],
-        diagonal: true,
-    })?;
+        .collect()
+}
+
+fn gains(
+    arms: &[ArmReport],
+    what: &str,
+    get: fn(&ArmCurves) -> &[crate::model::Gain],
+    sought: &str,
+) -> Result<String, PlotError> {
+    let svg = gains_chart(
+        &format!("Cumulative gains by arm: {what}"),
+        "share of the arm's customers targeted (by score)",
+        sought,
+        arm_lines(arms, |c| gains_line(get(c))),
+    )?;
     Ok(figure(
         &format!("arm-gains-{what}"),
         &svg,

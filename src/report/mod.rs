@@ -85,6 +85,54 @@ fn name(s: &Side, i: usize, many: bool) -> String {
     }
 }
 
+/// Ten probability bins' mean prediction against the observed rate (empty bins left out).
+fn reliability(bins: &[crate::model::CalibrationBin]) -> Vec<(f64, f64)> {
+    bins.iter()
+        .filter(|b| b.count > 0)
+        .map(|b| (b.mean_predicted, b.observed_rate))
+        .collect()
+}
+
+/// A reliability chart, a line per model or arm; on the diagonal is well calibrated.
+fn calibration_chart(title: &str, lines: Vec<Line>) -> Result<String, PlotError> {
+    line_chart(&LineChart {
+        title,
+        x_desc: "mean predicted churn",
+        y_desc: "observed churn rate",
+        x: (0.0, 1.0),
+        y: (0.0, 1.0),
+        lines,
+        marks: vec![],
+        diagonal: true,
+    })
+}
+
+/// A cumulative gains line, from the origin.
+fn gains_line(gains: &[crate::model::Gain]) -> Vec<(f64, f64)> {
+    std::iter::once((0.0, 0.0))
+        .chain(gains.iter().map(|g| (g.targeted, g.captured)))
+        .collect()
+}
+
+/// A cumulative gains chart, a line per model or arm; the diagonal is random targeting.
+fn gains_chart(
+    title: &str,
+    x_desc: &str,
+    sought: &str,
+    lines: Vec<Line>,
+) -> Result<String, PlotError> {
+    line_chart(&LineChart {
+        title,
+        x_desc,
+        y_desc: sought,
+        x: (0.0, 1.0),
+        y: (0.0, 1.0),
+        lines,
+        marks: vec![],
+        diagonal: true,
+    })
+}
+
 /// A version's training report, or (with `b`) two versions side by side.
 pub fn version_page(a: Side, b: Option<Side>) -> Result<String, PlotError> {
     let sides: Vec<Side> = std::iter::once(a).chain(b).collect();
@@ -331,47 +379,34 @@ fn curve_figure(
 /// Reliability before and after calibration, per version.
 fn calibration_figure(sides: &[Side]) -> Result<String, PlotError> {
     let many = sides.len() > 1;
-    let pts = |c: &ChurnMetrics| {
-        c.calibration
-            .iter()
-            .filter(|b| b.count > 0)
-            .map(|b| (b.mean_predicted, b.observed_rate))
-            .collect::<Vec<_>>()
-    };
     let mut lines = Vec::new();
     for (i, v) in sides.iter().enumerate() {
         let m = &v.manifest.metrics;
         if let Some(raw) = &m.churn_uncalibrated {
             lines.push(Line {
                 name: format!("{} before", name(v, i, many)),
-                points: pts(raw),
+                points: reliability(&raw.calibration),
                 colour: PALETTE[2 + 2 * i],
                 dots: true,
             });
         }
         lines.push(Line {
             name: format!("{} after", name(v, i, many)),
-            points: pts(&m.churn),
+            points: reliability(&m.churn.calibration),
             colour: PALETTE[i],
             dots: true,
         });
     }
-    let svg = line_chart(&LineChart {
-        title: "Calibration",
-        x_desc: "mean predicted churn",
-        y_desc: "observed churn rate",
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-        lines,
-        marks: vec![],
-        diagonal: true,
-    })?;
+    let svg = calibration_chart("Calibration", lines)?;
     Ok(figure(
         "calibration",
         &svg,
         "Ten probability bins, before and after calibration; on the diagonal is well calibrated.",
     ))
 }
+
+/// The points a gains or lift line takes from the deciles.
+type GainsPoints = dyn Fn(&[crate::model::Gain]) -> Vec<(f64, f64)>;
 
 /// Cumulative gains and lift by decile.
 fn gains_figures(
@@ -382,30 +417,22 @@ fn gains_figures(
     sought: &str,
 ) -> Result<String, PlotError> {
     let many = sides.len() > 1;
-    let series = |f: fn(&crate::model::Gain) -> f64| -> Vec<Line> {
+    let series = |points: &GainsPoints| -> Vec<Line> {
         ev.iter()
             .map(|&(i, e)| Line {
                 name: name(&sides[i], i, many),
-                points: get(e).iter().map(|g| (g.targeted, f(g))).collect(),
+                points: points(get(e)),
                 colour: PALETTE[i],
                 dots: true,
             })
             .collect()
     };
-    let mut gains = series(|g| g.captured);
-    for l in &mut gains {
-        l.points.insert(0, (0.0, 0.0));
-    }
-    let g = line_chart(&LineChart {
-        title: &format!("Cumulative gains: {what}"),
-        x_desc: "share of customers targeted (by score)",
-        y_desc: sought,
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-        lines: gains,
-        marks: vec![],
-        diagonal: true,
-    })?;
+    let g = gains_chart(
+        &format!("Cumulative gains: {what}"),
+        "share of customers targeted (by score)",
+        sought,
+        series(&gains_line),
+    )?;
     let lift_top = ev
         .iter()
         .flat_map(|(_, e)| get(e).iter().map(|g| g.lift))
@@ -416,7 +443,7 @@ fn gains_figures(
         y_desc: "lift over random",
         x: (0.0, 1.0),
         y: (0.0, lift_top * 1.1),
-        lines: series(|g| g.lift),
+        lines: series(&|g| g.iter().map(|g| (g.targeted, g.lift)).collect()),
         marks: vec![],
         diagonal: false,
     })?;
