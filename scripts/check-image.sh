@@ -36,7 +36,10 @@ base() { # NAME VARIANT PACKAGES
 base "$runtime_base" extract libc6,libgcc-s1
 base "$builder_base" essential binutils
 
-cargo build --locked --bins --quiet
+# The suite's own build (dev-dependencies' features included), so this builds nothing after
+# `cargo test --all-targets`; `cargo build --bins` would resolve features without them and
+# rebuild every crate that depends on tokio.
+cargo test --locked --all-targets --no-run --quiet
 "${bud[@]}" --build-arg BUILDER="$builder_base" --build-arg BASE="$runtime_base" \
   --build-arg PREBUILT=1 --build-arg PROFILE=debug -t "$image" . >/dev/null
 
