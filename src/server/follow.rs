@@ -56,6 +56,13 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Writes `text` and sets the file's modification time to `at`.
+    fn write_at(path: &std::path::Path, text: &str, at: SystemTime) {
+        std::fs::write(path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(at).unwrap();
+    }
+
     /// A file that fails to load is tried again until it loads, though its time stays.
     #[tokio::test]
     async fn a_failed_reload_is_tried_again_until_it_loads() {
@@ -83,24 +90,12 @@ mod tests {
         assert!(calls.lock().unwrap().is_empty(), "no change, no reload");
         // A later time than the first write, whatever the file system's resolution.
         let later = SystemTime::now() + Duration::from_secs(10);
-        std::fs::write(&path, "bad").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        write_at(&path, "bad", later);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let failed = calls.lock().unwrap().len();
         assert!(failed >= 2, "a failed reload is retried: {failed} attempts");
         // Fixed without a new time: still picked up, then no more reloads.
-        std::fs::write(&path, "good").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        write_at(&path, "good", later);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let after_good = calls.lock().unwrap().len();
         assert_eq!(

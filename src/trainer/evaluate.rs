@@ -79,37 +79,14 @@ pub fn compare(
         };
     }
     let rows = val.select(&idx);
-    let candidate = Scores {
-        churn: churn_metrics(
-            &churn_f
-                .predict(&rows.x)
-                .into_iter()
-                .map(|r| calibration.apply(r))
-                .collect::<Vec<_>>(),
-            &rows.churned,
-        ),
-        clv: clv_metrics(
-            &clv_f
-                .predict(&rows.x)
-                .into_iter()
-                .map(|v| v.max(0.0))
-                .collect::<Vec<_>>(),
-            &rows.spend_next,
-        ),
-    };
+    let p = Predictions::of([churn_f, clv_f], calibration, &rows);
+    let candidate = Scores::of(&p.churn, &p.clv, &rows);
     let scored: Vec<crate::model::Scores> = (0..rows.len())
         .map(|i| other.scores(rows.x.row(i)))
         .collect();
-    let other = Scores {
-        churn: churn_metrics(
-            &scored.iter().map(|s| s.churn).collect::<Vec<_>>(),
-            &rows.churned,
-        ),
-        clv: clv_metrics(
-            &scored.iter().map(|s| s.clv).collect::<Vec<_>>(),
-            &rows.spend_next,
-        ),
-    };
+    let churn: Vec<f64> = scored.iter().map(|s| s.churn).collect();
+    let clv: Vec<f64> = scored.iter().map(|s| s.clv).collect();
+    let other = Scores::of(&churn, &clv, &rows);
     let mut snapshots: Vec<String> = idx.iter().map(|&i| fmt_ts(val.as_of(i))).collect();
     snapshots.dedup();
     Comparison::Compared(Box::new(Compared {
@@ -149,6 +126,32 @@ struct Predictions {
     clv: Vec<f64>,
 }
 
+impl Predictions {
+    /// Both forests on `rows`, as `ModelBundle::scores` computes them: the churn forest
+    /// calibrated, the CLV never below 0.
+    fn of([churn_f, clv_f]: [&FlatForest; 2], calibration: &Calibration, rows: &Rows) -> Self {
+        let raw = churn_f.predict(&rows.x);
+        Predictions {
+            churn: raw.iter().map(|&r| calibration.apply(r)).collect(),
+            clv: clv_f
+                .predict(&rows.x)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect(),
+            raw,
+        }
+    }
+}
+
+impl Scores {
+    fn of(churn: &[f64], clv: &[f64], rows: &Rows) -> Self {
+        Scores {
+            churn: churn_metrics(churn, &rows.churned),
+            clv: clv_metrics(clv, &rows.spend_next),
+        }
+    }
+}
+
 /// Both models and both baselines on the same validation rows; the segment table on them.
 pub fn evaluate(
     [churn_f, clv_f]: [&FlatForest; 2],
@@ -158,16 +161,7 @@ pub fn evaluate(
     train: &Rows,
     val: &Rows,
 ) -> Evaluated {
-    let raw = churn_f.predict(&val.x);
-    let p = Predictions {
-        churn: raw.iter().map(|&r| calibration.apply(r)).collect(),
-        clv: clv_f
-            .predict(&val.x)
-            .into_iter()
-            .map(|v| v.max(0.0))
-            .collect(),
-        raw,
-    };
+    let p = Predictions::of([churn_f, clv_f], calibration, val);
     let rule = ninety_day_rule(train);
     let recency = val.feature("recency_days");
     let base: Vec<f64> = recency.iter().copied().map(&rule).collect();
