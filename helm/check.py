@@ -214,7 +214,9 @@ def main():
                            "scoringTokens": {"secretName": "any", "key": "tokens"},
                            "tls": {"secretName": "any", "clientCertificates": True},
                            "exposureLog": "s3://bucket/exposures",
-                           "exposureKey": {"secretName": "any", "key": "key"}}}
+                           "exposureKey": {"secretName": "any", "key": "key"},
+                           "state": "redis://redis:6379/0",
+                           "kafka": {"brokers": "kafka:9092", "options": ["security.protocol=SSL"]}}}
         docs, _ = render(user, a.kube_version)
         _, c = server_container(docs)
         print(json.dumps(sorted(e["name"] for e in c["env"] if e["name"].startswith("LOYALSCORE_"))))

@@ -17,5 +17,6 @@ pub mod routing;
 pub mod scoring;
 pub mod server;
 pub mod state;
+pub mod stream;
 pub mod time;
 pub mod trainer;

@@ -562,6 +562,7 @@ pub fn score_input(model: &Model, input: &ModelInput, as_of: i64, explain: Expla
             rhythm: &rhythm,
             inputs: &inputs,
             locale: explain.locale,
+            overdue: inputs.overdue_percentile >= b.segments.overdue_unusual,
         };
         scored.reasons = reasons::churn_reasons(model, &why, raw, 3);
         scored.clv_reasons = reasons::clv_reasons(model, &why, 3);

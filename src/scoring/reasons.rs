@@ -14,6 +14,9 @@ pub(super) struct Context<'a> {
     pub rhythm: &'a Rhythm,
     pub inputs: &'a SegmentInputs,
     pub locale: Locale,
+    /// The silence is unusual for them (past the rules' `overdue_unusual`), whatever the
+    /// segment: a `steady` customer may be overdue while the churn risk is still low.
+    pub overdue: bool,
 }
 
 /// Features that say one thing to a person are credited together, under the first name:
@@ -27,7 +30,8 @@ fn family(name: &str) -> &'static str {
         | "mean_gap_days"
         | "recent_gaps"
         | "recent_gap_log_mean"
-        | "recent_gap_log_sd" => "recency_days",
+        | "recent_gap_log_sd"
+        | "recency_log_z" => "recency_days",
         "purchases_total" | "visits_total" => "purchases_total",
         _ => FEATURE_NAMES
             .iter()
@@ -351,6 +355,12 @@ pub(super) fn segment_reason(segment: Segment, cx: &Context) -> String {
             "wertvoll und treu: {value} ausgegeben im letzten Jahr; Abwanderungsrisiko {risk} %"
         ),
         (_, Segment::Rising) => rising_reason(cx),
+        (Locale::En, Segment::Steady) if cx.overdue => format!(
+            "overdue for them but not at risk yet: {rhythm}, longer than {pct}% of their usual gaps; churn risk only {risk}%"
+        ),
+        (Locale::De, Segment::Steady) if cx.overdue => format!(
+            "überfällig, aber noch nicht gefährdet: {rhythm}, länger als {pct} % der üblichen Abstände; Abwanderungsrisiko nur {risk} %"
+        ),
         (Locale::En, Segment::Steady) => format!("on their rhythm: {rhythm}; churn risk {risk}%"),
         (Locale::De, Segment::Steady) => {
             format!("im eigenen Rhythmus: {rhythm}; Abwanderungsrisiko {risk} %")

@@ -311,6 +311,40 @@ fn score_uses_both_forests_and_explains() {
     );
 }
 
+/// Overdue for their own rhythm while the churn probability stays under the risk threshold:
+/// `steady` by the rules, and the reason says they are overdue, not "on their rhythm".
+#[test]
+fn a_steady_customer_past_their_rhythm_is_told_overdue() {
+    let m = tiny_model();
+    let mut f = regular_customer();
+    f[ix::RECENCY_DAYS] = 90.0;
+    f[ix::RECENT_GAP_LOG_MEAN] = 7f64.ln();
+    // Nothing in the last 90 days: not growing against their own past.
+    f[ix::VISITS_90D] = 0.0;
+    f[ix::SPEND_90D] = 0.0;
+    let explain = Explain {
+        reasons: true,
+        ..Explain::default()
+    };
+    let s = score(&m, &f, AS_OF, explain);
+    assert!(s.churn < m.bundle.segments.churn_risk, "{}", s.churn);
+    assert!(s.timing.overdue_percentile >= m.bundle.segments.overdue_unusual);
+    assert_eq!(s.segment, Segment::Steady);
+    assert!(
+        s.segment_reason
+            .starts_with("overdue for them but not at risk yet: 90 days since the last purchase"),
+        "{}",
+        s.segment_reason
+    );
+    f[ix::RECENCY_DAYS] = 5.0;
+    let on_time = score(&m, &f, AS_OF, explain);
+    assert!(
+        on_time.segment_reason.starts_with("on their rhythm"),
+        "{}",
+        on_time.segment_reason
+    );
+}
+
 /// 180 days of silence against gaps of about 50: far beyond their usual gaps, so the
 /// contact window has passed; the timing is consistent with itself.
 #[test]

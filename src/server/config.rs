@@ -119,6 +119,8 @@ pub struct Config {
     pub shadow_queue: usize,
     #[command(flatten)]
     pub state: StateArgs,
+    #[command(flatten)]
+    pub kafka: crate::stream::kafka::KafkaArgs,
 }
 
 impl Config {

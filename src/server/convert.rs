@@ -141,15 +141,8 @@ pub fn event(
     let at = format!("{at}.transaction");
     let tx = transaction(t, &at)?;
     crate::scoring::check_transaction(&tx, &at)?;
-    let ahead = tx.ts - now;
-    if ahead > crate::state::MAX_AHEAD_SECS {
-        return Err(ScoringError::invalid(
-            format!("{at}.time"),
-            format!(
-                "is {ahead} s ahead of the server's clock (at most {} s is accepted)",
-                crate::state::MAX_AHEAD_SECS
-            ),
-        ));
+    if let Some(why) = crate::state::too_far_ahead(tx.ts, now) {
+        return Err(ScoringError::invalid(format!("{at}.time"), why));
     }
     Ok(crate::state::Event {
         customer_id: e.customer_id.clone(),

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub tls_handshake_failures: prometheus::IntCounter,
     /// The exposure log's own count of those, read into the gauge at each scrape.
     exposure_source: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// The Kafka consumer's and the segment changes' counts.
+    pub stream: std::sync::Arc<crate::stream::kafka::StreamMetrics>,
     /// The served version's drift, read at each scrape.
     drift: DriftGauges,
     drift_source: std::sync::OnceLock<DriftSource>,
@@ -341,6 +343,7 @@ impl Metrics {
         let m = Metrics {
             drift: DriftGauges::new(&registry),
             drift_source: Default::default(),
+            stream: std::sync::Arc::new(crate::stream::kafka::StreamMetrics::new(&registry)),
             tls_handshake_failures,
             model_stale,
             alias_corrupt,

@@ -75,6 +75,8 @@ pub enum ServerError {
     #[error("customer state (--state): {0}")]
     State(#[from] crate::state::StateError),
     #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
     Auth(#[from] auth::AuthError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
@@ -109,10 +111,7 @@ pub async fn serve(
     let metrics_task =
         metrics_listener.map(|l| start_metrics(l, &metrics, &tls, &config, &stop_rx));
     let (shadows, shadow_task) = shadow::Shadows::start(config.shadow_queue, metrics.clone());
-    let state = crate::state::open(&config.state.state).await?;
-    if state.is_some() {
-        tracing::info!(state = %config.state.state, "customer state on: Score by customer id, RecordPurchases");
-    }
+    let (state, feed) = open_state(&config, (&models, &metrics), &stop_rx).await?;
     let (scoring, state_service, work) = scoring_services(
         &config,
         (&models, &metrics, &gates),
@@ -141,6 +140,9 @@ pub async fn serve(
     }
     follower.abort();
     shadow_task.abort();
+    if let Some(t) = feed {
+        let _ = tokio::time::timeout(AFTER_DRAIN, t).await;
+    }
     if let Some(t) = gates.follower {
         t.abort();
     }
@@ -183,6 +185,56 @@ fn start_metrics(
             tokio::spawn(metrics::serve_metrics(listener, metrics.clone(), stop))
         }
     }
+}
+
+/// The customer state store (if on), and the Kafka consumer feeding it (if configured).
+async fn open_state(
+    config: &Config,
+    (models, metrics): (&Arc<Models>, &Arc<Metrics>),
+    stop: &watch::Receiver<bool>,
+) -> Result<
+    (
+        Option<Arc<dyn crate::state::CustomerStore>>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    ServerError,
+> {
+    let state = crate::state::open(&config.state.state).await?;
+    if state.is_some() {
+        tracing::info!(state = %config.state.state, "customer state on: Score by customer id, RecordPurchases");
+    }
+    let feed = start_feed(config, (models, metrics), state.clone(), stop)?;
+    Ok((state, feed))
+}
+
+/// The Kafka consumer, when `--kafka-brokers` is set; it stops with the server, after
+/// finishing (and committing) the batch in hand.
+fn start_feed(
+    config: &Config,
+    (models, metrics): (&Arc<Models>, &Arc<Metrics>),
+    state: Option<Arc<dyn crate::state::CustomerStore>>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+    if config.kafka.kafka_brokers.is_none() {
+        return Ok(None);
+    }
+    let store = state.ok_or_else(|| {
+        ServerError::Config("--kafka-brokers needs the customer state (--state is off)".into())
+    })?;
+    let source = models.clone();
+    let feed = Arc::new(crate::stream::kafka::Feed {
+        args: config.kafka.clone(),
+        store,
+        model: Arc::new(move || source.active()),
+        lateness: config.state.state_lateness_secs.max(0),
+        metrics: metrics.stream.clone(),
+    });
+    let stop = stop.clone();
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = feed.run(stop).await {
+            tracing::error!(error = %e, "Kafka consumer stopped");
+        }
+    })))
 }
 
 /// The Scoring and CustomerState services, with the scoring pool and the in-flight limit

@@ -307,6 +307,23 @@ pub trait CustomerStore: Send + Sync {
 
     /// Every erasure recorded, oldest first.
     async fn erasures(&self) -> Result<Vec<Erasure>, StateError>;
+
+    /// Sets each customer's *mark* (the segment last published for them) to the one given,
+    /// atomically per customer; for each, the mark it replaced (`Some(None)`: there was none)
+    /// or `None` when it already was that segment. Whoever replaces a mark is the one writer
+    /// that publishes the change, so a change is published at most once, by one replica.
+    async fn set_marks(
+        &self,
+        marks: &[(&str, &str)],
+    ) -> Result<Vec<Option<Option<String>>>, StateError>;
+}
+
+/// Why an event time is refused as too far ahead of the server's clock `now`, if it is.
+pub fn too_far_ahead(ts: i64, now: i64) -> Option<String> {
+    let ahead = ts.saturating_sub(now);
+    (ahead > MAX_AHEAD_SECS).then(|| {
+        format!("is {ahead} s ahead of the server's clock (at most {MAX_AHEAD_SECS} s is accepted)")
+    })
 }
 
 /// Groups a batch by customer, keeping each customer's events in arrival order: the unit

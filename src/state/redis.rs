@@ -23,6 +23,20 @@ end
 return 0
 ";
 
+/// Replaces the customer's mark (field `m`, beside the state, so an erasure's DEL takes it
+/// too) unless it already is ARGV[1]; returns the mark replaced ('' for none), or false.
+const SET_MARK: &str = r"
+local m = redis.call('HGET', KEYS[1], 'm')
+if m == ARGV[1] then
+  return false
+end
+redis.call('HSET', KEYS[1], 'm', ARGV[1])
+if m == false then
+  return ''
+end
+return m
+";
+
 /// Rounds of re-reading after lost swaps before a batch gives up (`StateError::Contended`).
 const MAX_ROUNDS: usize = 32;
 
@@ -36,6 +50,7 @@ const SALT: &str = "loyalscore:meta:erasure_salt";
 pub struct RedisStore {
     con: ConnectionManager,
     cas: redis::Script,
+    set_mark: redis::Script,
     salt: String,
 }
 
@@ -63,7 +78,12 @@ impl RedisStore {
         let fresh = hex::encode(rand::random::<[u8; 16]>());
         let _: bool = con.set_nx(SALT, &fresh).await.map_err(err)?;
         let salt: String = con.get(SALT).await.map_err(err)?;
-        Ok(RedisStore { con, cas, salt })
+        Ok(RedisStore {
+            con,
+            cas,
+            set_mark: redis::Script::new(SET_MARK),
+            salt,
+        })
     }
 
     /// Reads the version and state of each customer, pipelined.
@@ -221,6 +241,44 @@ impl CustomerStore for RedisStore {
         let json = serde_json::to_string(&erasure).map_err(err)?;
         let _: i64 = con.rpush(ERASURES, json).await.map_err(err)?;
         Ok(erasure)
+    }
+
+    async fn set_marks(
+        &self,
+        marks: &[(&str, &str)],
+    ) -> Result<Vec<Option<Option<String>>>, StateError> {
+        let mut out = Vec::with_capacity(marks.len());
+        for chunk in marks.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (id, to) in chunk {
+                let mut inv = self.set_mark.prepare_invoke();
+                inv.key(self.key(id)).arg(*to);
+                pipe.invoke_script(&inv);
+            }
+            let mut con = self.con.clone();
+            let replaced: Vec<Option<String>> = match pipe.query_async(&mut con).await {
+                Ok(r) => r,
+                // The script is loaded on first use (EVALSHA, then EVAL on NOSCRIPT) only
+                // outside pipelines: load it and try once more.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.set_mark
+                        .prepare_invoke()
+                        .load_async(&mut con)
+                        .await
+                        .map_err(err)?;
+                    pipe.query_async(&mut con).await.map_err(err)?
+                }
+                Err(e) => return Err(err(e)),
+            };
+            out.extend(
+                replaced
+                    .into_iter()
+                    .map(|m| m.map(|m| Some(m).filter(|m| !m.is_empty()))),
+            );
+        }
+        Ok(out)
     }
 
     async fn erasures(&self) -> Result<Vec<Erasure>, StateError> {

@@ -78,6 +78,14 @@ fn a_broken_value_fails_the_check() {
         ("server.unknownFlag=1", "unknownFlag"),
         ("server.exposureLog=\"s3://b/x\"", "exposureKey"),
         ("server.state=\"/var/lib/state.redb\"", "/server/state"),
+        (
+            r#"server.kafka={"brokers":"kafka:9092","group":"g","purchaseTopic":"p","segmentTopic":"s","rescoreSecs":0,"batch":10,"options":[]}"#,
+            "needs server.state",
+        ),
+        (
+            r#"server.kafka={"brokers":"kafka:9092","group":"g","purchaseTopic":"p","segmentTopic":"s","rescoreSecs":0,"batch":0,"options":[]}"#,
+            "/server/kafka/batch",
+        ),
     ] {
         let out = check(&["--set", set]);
         assert!(!out.status.success(), "{set} should fail the check");

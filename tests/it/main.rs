@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real files, real binaries, real servers on loopback.
 
 mod boundary;
+mod broker;
 mod cli;
 mod drift;
 mod experiment;
@@ -10,6 +11,7 @@ mod fuzz;
 mod gate;
 mod helm;
 mod hostile;
+mod kafka;
 mod monitoring;
 mod moto;
 mod redis;

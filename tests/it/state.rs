@@ -18,19 +18,19 @@ use crate::redis::Redis;
 use crate::server::{admin, production_v001, until_serving, wait_for, TestServer};
 use crate::support::sample;
 
-fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds, nanos: 0 })
 }
 
 /// The log's customers and their events before `as_of`, each with an id.
-struct Feed {
-    log: TransactionLog,
+pub struct Feed {
+    pub log: TransactionLog,
     /// (customer index, event id, transaction), in the log's order.
-    events: Vec<(usize, String, pb::Transaction)>,
-    as_of: i64,
+    pub events: Vec<(usize, String, pb::Transaction)>,
+    pub as_of: i64,
 }
 
-fn feed(dir: &std::path::Path, customers: usize) -> Feed {
+pub fn feed(dir: &std::path::Path, customers: usize) -> Feed {
     let (csv, _) = sample(dir, customers, 700, 41);
     let log = load_transactions(
         std::fs::File::open(&csv).unwrap(),
@@ -51,7 +51,7 @@ fn feed(dir: &std::path::Path, customers: usize) -> Feed {
 }
 
 impl Feed {
-    fn event(&self, i: usize) -> pb::PurchaseEvent {
+    pub fn event(&self, i: usize) -> pb::PurchaseEvent {
         let (c, id, tx) = &self.events[i];
         pb::PurchaseEvent {
             customer_id: self.log.ids[*c].clone(),
@@ -62,7 +62,7 @@ impl Feed {
 
     /// Every event once, shuffled by up to a day (inside the lateness window), and one in
     /// twenty sent a second time a little later.
-    fn arrival(&self, seed: u64) -> Vec<pb::PurchaseEvent> {
+    pub fn arrival(&self, seed: u64) -> Vec<pb::PurchaseEvent> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut keyed: Vec<(i64, usize)> = (0..self.events.len())
             .map(|i| {
@@ -143,10 +143,10 @@ async fn record(
     total
 }
 
-async fn batch(server: &TestServer, items: Vec<pb::ScoreRequest>) -> Vec<pb::ScoreResponse> {
-    server
-        .scoring()
+async fn batch(addr: std::net::SocketAddr, items: Vec<pb::ScoreRequest>) -> Vec<pb::ScoreResponse> {
+    loyalscore::proto::v1::scoring_client::ScoringClient::connect(format!("http://{addr}"))
         .await
+        .unwrap()
         .batch_score(pb::BatchScoreRequest {
             items,
             ..Default::default()
@@ -164,9 +164,14 @@ async fn batch(server: &TestServer, items: Vec<pb::ScoreRequest>) -> Vec<pb::Sco
 }
 
 /// Scores by id equal, bit for bit, the scores of each customer's sorted history.
-async fn assert_by_id_equals_history(server: &TestServer, f: &Feed) {
-    let by_id = batch(server, f.by_id_requests()).await;
-    let reference = batch(server, f.history_requests()).await;
+pub async fn assert_by_id_equals_history(server: &TestServer, f: &Feed) {
+    assert_by_id_equals_history_at(server.addr, f).await
+}
+
+/// [`assert_by_id_equals_history`] against the server at `addr`.
+pub async fn assert_by_id_equals_history_at(addr: std::net::SocketAddr, f: &Feed) {
+    let by_id = batch(addr, f.by_id_requests()).await;
+    let reference = batch(addr, f.history_requests()).await;
     assert_eq!(by_id.len(), reference.len());
     for (a, b) in by_id.iter().zip(&reference) {
         let (fa, fb) = (a.features.as_ref().unwrap(), b.features.as_ref().unwrap());
@@ -421,5 +426,35 @@ async fn a_killed_server_keeps_every_event_it_acknowledged() {
         (r.applied, r.duplicate as usize),
         (0, acknowledged.len()),
         "{r:?}"
+    );
+}
+
+/// Two replicas judging one customer at once on one Redis: exactly one of them replaces the
+/// mark (and so publishes the change); an erasure takes the mark with the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_two_replicas_replaces_a_segment_mark_on_redis() {
+    use loyalscore::state::redis::RedisStore;
+    use loyalscore::state::CustomerStore;
+    let redis = Redis::start();
+    let (a, b) = (
+        RedisStore::connect(&redis.url()).await.unwrap(),
+        RedisStore::connect(&redis.url()).await.unwrap(),
+    );
+    let mut previous = None;
+    for round in 0..40 {
+        let to = ["steady", "lapsing"][round % 2];
+        let mark = [("c1", to)];
+        let (x, y) = tokio::join!(a.set_marks(&mark), b.set_marks(&mark));
+        let replaced: Vec<Option<String>> = [x.unwrap(), y.unwrap()]
+            .into_iter()
+            .filter_map(|r| r[0].clone())
+            .collect();
+        assert_eq!(replaced, vec![previous.clone()], "round {round}");
+        previous = Some(to.to_string());
+    }
+    a.forget("c1", "test", "erasure request").await.unwrap();
+    assert_eq!(
+        b.set_marks(&[("c1", "steady")]).await.unwrap(),
+        vec![Some(None)]
     );
 }

@@ -30,6 +30,10 @@ use super::{
 const CUSTOMERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("customers");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ERASURES: TableDefinition<u64, &str> = TableDefinition::new("erasures");
+/// Salted id hash → the segment last published for the customer (segment-change events).
+/// Written straight to the table, not journaled: a mark is set once per change, far less
+/// often than purchases arrive.
+const MARKS: TableDefinition<&[u8], &str> = TableDefinition::new("marks");
 /// Meta key: the last journal segment the table holds the changes of.
 const THROUGH: &str = "journal_through";
 
@@ -187,6 +191,7 @@ fn prepare(db: &Database) -> Result<(String, u64), StateError> {
     };
     txn.open_table(CUSTOMERS).map_err(err)?;
     txn.open_table(ERASURES).map_err(err)?;
+    txn.open_table(MARKS).map_err(err)?;
     txn.commit().map_err(err)?;
     Ok(found)
 }
@@ -451,6 +456,10 @@ impl Inner {
             found,
         };
         self.checkpoint(|txn| {
+            txn.open_table(MARKS)
+                .map_err(err)?
+                .remove(customer.as_slice())
+                .map_err(err)?;
             let mut log = txn.open_table(ERASURES).map_err(err)?;
             let next = log.last().map_err(err)?.map_or(0, |(k, _)| k.value() + 1);
             let json = serde_json::to_string(&erasure).map_err(err)?;
@@ -458,6 +467,38 @@ impl Inner {
             Ok(())
         })?;
         Ok(erasure)
+    }
+
+    /// [`CustomerStore::set_marks`] in one transaction: redb has one writer at a time, so
+    /// each read-and-replace is atomic.
+    fn set_marks(
+        &self,
+        marks: &[(String, String)],
+    ) -> Result<Vec<Option<Option<String>>>, StateError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut out = Vec::with_capacity(marks.len());
+        {
+            let mut table = txn.open_table(MARKS).map_err(err)?;
+            for (id, to) in marks {
+                let key = self.digest(id);
+                let before = table
+                    .get(key.as_slice())
+                    .map_err(err)?
+                    .map(|v| v.value().to_string());
+                if before.as_deref() == Some(to.as_str()) {
+                    out.push(None);
+                } else {
+                    table.insert(key.as_slice(), to.as_str()).map_err(err)?;
+                    out.push(Some(before));
+                }
+            }
+        }
+        if out.iter().any(Option::is_some) {
+            txn.commit().map_err(err)?;
+        } else {
+            txn.abort().map_err(err)?;
+        }
+        Ok(out)
     }
 
     /// Replaces whole states (the bulk load): a checkpoint first, so that no journaled event
@@ -521,6 +562,17 @@ impl CustomerStore for EmbeddedStore {
         );
         self.blocking(move |inner| inner.forget(&id, actor, reason))
             .await
+    }
+
+    async fn set_marks(
+        &self,
+        marks: &[(&str, &str)],
+    ) -> Result<Vec<Option<Option<String>>>, StateError> {
+        let marks: Vec<(String, String)> = marks
+            .iter()
+            .map(|(id, to)| (id.to_string(), to.to_string()))
+            .collect();
+        self.blocking(move |inner| inner.set_marks(&marks)).await
     }
 
     async fn erasures(&self) -> Result<Vec<Erasure>, StateError> {
