@@ -102,15 +102,22 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start(registry: &str, state: &str, brokers: &str, topic: &str) -> Server {
+async fn start(
+    registry: &str,
+    state: &str,
+    brokers: &str,
+    topic: &str,
+    options: &[&str],
+) -> Server {
     let mut c = Config::defaults().unwrap();
     c.registry = RegistryArgs::new(registry);
     c.log = LogArgs::new("error");
     c.state.state = state.into();
-    c.kafka.kafka_brokers = Some(brokers.into());
+    c.kafka.client.kafka_brokers = Some(brokers.into());
     c.kafka.kafka_purchase_topic = topic.into();
     c.kafka.kafka_group = format!("bench-{topic}");
     c.kafka.kafka_segment_topic = "off".into();
+    c.kafka.client.kafka_option = options.iter().map(|o| o.to_string()).collect();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, maddr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
@@ -158,7 +165,7 @@ async fn throughput(b: &Broker, registry: &str, state: &str, topic: &str, n: usi
         })
         .collect();
     b.produce(topic, &messages).await;
-    let s = start(registry, state, &b.brokers(), topic).await;
+    let s = start(registry, state, &b.brokers(), topic, &[]).await;
     // From the first message applied: joining the group is not the consumer's speed.
     let t0 = until_consumed(&s, 1.0).await;
     let first = consumed(&scrape(s.metrics).await);
@@ -170,10 +177,15 @@ async fn throughput(b: &Broker, registry: &str, state: &str, topic: &str, n: usi
 }
 
 /// Produce one purchase, then score the customer by id until the score includes it.
-async fn delays(b: &Broker, registry: &str, state: &str, probes: usize) -> Vec<Duration> {
-    let topic = "probe";
+async fn delays(
+    b: &Broker,
+    (registry, state): (&str, &str),
+    topic: &str,
+    options: &[&str],
+    probes: usize,
+) -> Vec<Duration> {
     b.create_topic(topic, 3);
-    let s = start(registry, state, &b.brokers(), topic).await;
+    let s = start(registry, state, &b.brokers(), topic, options).await;
     let now = chrono::Utc::now().timestamp();
     b.produce(topic, &[message("P", "p0", now - 10 * DAY, 1.0)])
         .await;
@@ -261,8 +273,8 @@ async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = if full {
         Sizes {
-            events: 200_000,
-            probes: 300,
+            events: 100_000,
+            probes: 200,
         }
     } else {
         Sizes {
@@ -284,13 +296,21 @@ async fn main() {
         sizes.events
     );
     for (name, state) in [("embedded", embedded), ("redis", redis_url.as_str())] {
-        let mut d = delays(&b, &reg, state, sizes.probes).await;
-        println!(
-            "produce → changed score by id ({name}, {} probes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            d.len(),
-            pct(&mut d, 0.5),
-            pct(&mut d, 0.99),
-            pct(&mut d, 1.0)
-        );
+        // librdkafka's default fetch wait, and a short one: tansu holds a fetch for the whole
+        // wait even when a message arrives meanwhile (Kafka answers as soon as it has one).
+        for (wait, options) in [
+            ("default fetch.wait.max.ms (500)", &[][..]),
+            ("fetch.wait.max.ms=10", &["fetch.wait.max.ms=10"][..]),
+        ] {
+            let topic = format!("probe-{name}-{}", options.len());
+            let mut d = delays(&b, (&reg, state), &topic, options, sizes.probes).await;
+            println!(
+                "produce → changed score by id ({name}, {wait}, {} probes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                d.len(),
+                pct(&mut d, 0.5),
+                pct(&mut d, 0.99),
+                pct(&mut d, 1.0)
+            );
+        }
     }
 }

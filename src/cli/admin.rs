@@ -51,6 +51,9 @@ pub enum Cmd {
     /// Live customer state: load a log, show a customer, erase one (GDPR).
     #[command(subcommand)]
     State(super::state::StateCmd),
+    /// Purchases onto the Kafka topic the server consumes; the segment changes it published.
+    #[command(subcommand)]
+    Kafka(super::kafka::KafkaCmd),
     /// Load-test a running server (req/s and latency percentiles).
     Bench(super::bench::BenchArgs),
     /// Sample data, a trained version promoted to production, and a server on 127.0.0.1:50051.
@@ -202,6 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Quickstart(a) => super::train::run_quickstart(a, &cli.registry, &rt),
         Cmd::Traffic(cmd) => rt.block_on(super::traffic::run(&open()?, cmd, json)),
         Cmd::State(cmd) => super::state::run(cmd, &cli.registry.registry, json, &rt),
+        Cmd::Kafka(cmd) => super::kafka::run(cmd, &rt),
         Cmd::Models(cmd) => rt.block_on(models(&open()?, cmd, json)),
         Cmd::Alias(cmd) => rt.block_on(alias(&open()?, cmd, json)),
     }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod client;
+pub mod kafka;
 pub mod progress;
 pub mod score_log;
 pub mod serve;

@@ -215,7 +215,7 @@ fn start_feed(
     state: Option<Arc<dyn crate::state::CustomerStore>>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
-    if config.kafka.kafka_brokers.is_none() {
+    if config.kafka.client.kafka_brokers.is_none() {
         return Ok(None);
     }
     let store = state.ok_or_else(|| {

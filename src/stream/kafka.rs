@@ -34,10 +34,8 @@ use crate::state::{CustomerStore, Event, Outcome, StateError};
 /// The Kafka settings of `loyalscore-serve`; off unless `--kafka-brokers` is set.
 #[derive(Args, Debug, Clone)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers (host:port,host:port): consume purchases from
-    /// --kafka-purchase-topic into the live state. Unset: no Kafka.
-    #[arg(long, env = "LOYALSCORE_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
+    #[command(flatten)]
+    pub client: KafkaClientArgs,
     /// Consumer group of the purchase consumer: replicas in one group share the partitions.
     #[arg(long, env = "LOYALSCORE_KAFKA_GROUP", default_value = "loyalscore")]
     pub kafka_group: String,
@@ -63,6 +61,16 @@ pub struct KafkaArgs {
     /// Most purchase messages applied, and committed, together.
     #[arg(long, env = "LOYALSCORE_KAFKA_BATCH", default_value_t = 500)]
     pub kafka_batch: usize,
+}
+
+/// Where the brokers are and how to reach them: the flags every Kafka client here shares
+/// (the server, `loyalscore kafka`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct KafkaClientArgs {
+    /// Kafka bootstrap servers (host:port,host:port). For the server: consume purchases from
+    /// --kafka-purchase-topic into the live state; unset, no Kafka.
+    #[arg(long, env = "LOYALSCORE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
     /// A librdkafka setting for every Kafka client, KEY=VALUE (repeatable; in the environment,
     /// separated by ';'): security.protocol=SASL_SSL, sasl.mechanism, sasl.username, ...
     #[arg(long, env = "LOYALSCORE_KAFKA_OPTIONS", value_delimiter = ';', hide_env_values = true, value_parser = option)]
@@ -80,13 +88,12 @@ fn option(s: &str) -> Result<String, String> {
 impl KafkaArgs {
     pub fn off() -> Self {
         KafkaArgs {
-            kafka_brokers: None,
+            client: KafkaClientArgs::default(),
             kafka_group: "loyalscore".into(),
             kafka_purchase_topic: "purchases".into(),
             kafka_segment_topic: "segment-changes".into(),
             kafka_rescore_secs: 86_400,
             kafka_batch: 500,
-            kafka_option: Vec::new(),
         }
     }
 
@@ -109,7 +116,8 @@ pub enum StreamError {
 pub struct StreamMetrics {
     /// Purchase messages by outcome: applied, duplicate, late, rejected, malformed.
     pub messages: prometheus::IntCounterVec,
-    /// Messages on the purchase topic not yet consumed by this member's partitions.
+    /// Messages on this member's partitions of the purchase topic after its committed
+    /// offsets; -1 while unknown (no partition assigned yet).
     pub lag: prometheus::IntGauge,
     /// Segment changes by result: published, failed (the broker refused or timed out).
     pub changes: prometheus::IntCounterVec,
@@ -138,7 +146,7 @@ impl StreamMetrics {
             )),
             lag: reg(registry, prometheus::IntGauge::new(
                 "kafka_consumer_lag",
-                "purchase messages on this member's partitions not yet committed",
+                "purchase messages on this member's partitions after its committed offsets (-1: none assigned yet)",
             ).unwrap_or_else(|e| unreachable!("{e}"))),
             changes: reg(registry, vec(
                 "segment_changes_total",
@@ -158,6 +166,7 @@ impl StreamMetrics {
         for r in ["published", "failed"] {
             m.changes.with_label_values(&[r]);
         }
+        m.lag.set(-1);
         m
     }
 }
@@ -168,15 +177,21 @@ struct LagContext {
 }
 
 impl ClientContext for LagContext {
+    /// librdkafka's statistics, every second: the sum of the partitions' lags, or -1 while
+    /// no partition's lag is known (none assigned yet, or no committed offset to count from).
     fn stats(&self, s: Statistics) {
-        let lag: i64 = s
+        let known: Vec<i64> = s
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
             .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
             .map(|p| p.consumer_lag)
-            .sum();
-        self.lag.set(lag);
+            .collect();
+        self.lag.set(if known.is_empty() {
+            -1
+        } else {
+            known.iter().sum()
+        });
     }
 }
 
@@ -195,7 +210,8 @@ pub struct Feed {
     pub metrics: Arc<StreamMetrics>,
 }
 
-fn client(args: &KafkaArgs) -> Result<ClientConfig, StreamError> {
+/// A librdkafka configuration for the brokers and settings given.
+pub fn client(args: &KafkaClientArgs) -> Result<ClientConfig, StreamError> {
     let brokers = args
         .kafka_brokers
         .as_deref()
@@ -218,7 +234,7 @@ impl Feed {
     /// Consumes until `stop` turns true. Errors only when the clients cannot be made (a bad
     /// setting); a broker or store outage is retried, never fatal.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), StreamError> {
-        let consumer: StreamConsumer<LagContext> = client(&self.args)?
+        let consumer: StreamConsumer<LagContext> = client(&self.args.client)?
             .set("group.id", &self.args.kafka_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -229,7 +245,7 @@ impl Feed {
         consumer.subscribe(&[&self.args.kafka_purchase_topic])?;
         let consumer = Arc::new(consumer);
         let producer: Option<FutureProducer> = match self.args.segment_topic() {
-            Some(_) => Some(client(&self.args)?.set("acks", "all").create()?),
+            Some(_) => Some(client(&self.args.client)?.set("acks", "all").create()?),
             None => None,
         };
         let rescore = match (&producer, self.args.kafka_rescore_secs) {
@@ -415,11 +431,19 @@ impl Feed {
     /// One re-score: the change topic's keys, judged in chunks at the current time.
     pub async fn rescore(&self, producer: &FutureProducer) -> Result<usize, StreamError> {
         let topic = self.args.segment_topic().unwrap_or_default().to_string();
-        let config = client(&self.args)?;
+        let config = client(&self.args.client)?;
         let group = format!("{}-rescore", self.args.kafka_group);
-        let ids = tokio::task::spawn_blocking(move || customers_named(config, &group, &topic))
-            .await
-            .map_err(|e| StreamError::Config(e.to_string()))??;
+        let ids = tokio::task::spawn_blocking(move || {
+            let mut ids = HashSet::new();
+            read_topic(config, &group, &topic, |key, _| {
+                if let Some(k) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+                    ids.insert(k.to_string());
+                }
+            })
+            .map(|()| ids)
+        })
+        .await
+        .map_err(|e| StreamError::Config(e.to_string()))??;
         let mut ids: Vec<String> = ids.into_iter().collect();
         ids.sort_unstable();
         let now = chrono::Utc::now().timestamp();
@@ -488,16 +512,17 @@ fn commit_list(batch: &[OwnedMessage]) -> Result<TopicPartitionList, StreamError
     Ok(t)
 }
 
-/// How long the scan of the change topic waits for its next message before it gives up.
+/// How long a read of a topic waits for its next message before it gives up.
 const SCAN_IDLE: Duration = Duration::from_secs(10);
 
-/// The keys of every message on `topic` (the customers it names), read from the start of
-/// each partition to its end as it was when the scan began. Blocking.
-fn customers_named(
+/// Every message on `topic` as (key, payload), read from the start of each partition to its
+/// end as it was when the read began (in order within a partition). Blocking.
+pub fn read_topic(
     mut config: ClientConfig,
     group: &str,
     topic: &str,
-) -> Result<HashSet<String>, StreamError> {
+    mut each: impl FnMut(Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), StreamError> {
     let consumer: BaseConsumer = config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -519,20 +544,17 @@ fn customers_named(
         }
     }
     consumer.assign(&tpl)?;
-    let mut ids = HashSet::new();
     while !ends.is_empty() {
         let m = match consumer.poll(SCAN_IDLE) {
             Some(m) => m?,
             None => {
                 return Err(StreamError::Config(format!(
-                    "the scan of {topic} waited {} s for a message",
+                    "the read of {topic} waited {} s for a message",
                     SCAN_IDLE.as_secs()
                 )))
             }
         };
-        if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
-            ids.insert(k.to_string());
-        }
+        each(m.key(), m.payload());
         if ends
             .get(&m.partition())
             .is_some_and(|&end| m.offset() + 1 >= end)
@@ -540,5 +562,5 @@ fn customers_named(
             ends.remove(&m.partition());
         }
     }
-    Ok(ids)
+    Ok(())
 }
