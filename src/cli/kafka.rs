@@ -48,7 +48,7 @@ pub fn run(cmd: KafkaCmd, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             let lines = read_purchases(&file)?;
             let producer: FutureProducer = client(&c)?.create()?;
             let n = rt.block_on(produce(&producer, &topic, &lines))?;
-            eprintln!("{n} purchases produced to {topic}");
+            eprintln!("produced {n} purchase messages to {topic}");
             Ok(())
         }
         KafkaCmd::Changes { client: c, topic } => {
