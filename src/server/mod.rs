@@ -229,12 +229,10 @@ fn start_feed(
         lateness: config.state.state_lateness_secs.max(0),
         metrics: metrics.stream.clone(),
     });
-    let stop = stop.clone();
-    Ok(Some(tokio::spawn(async move {
-        if let Err(e) = feed.run(stop).await {
-            tracing::error!(error = %e, "Kafka consumer stopped");
-        }
-    })))
+    let clients = feed
+        .clients()
+        .map_err(|e| ServerError::Config(format!("--kafka-*: {e}")))?;
+    Ok(Some(tokio::spawn(feed.run(clients, stop.clone()))))
 }
 
 /// The Scoring and CustomerState services, with the scoring pool and the in-flight limit

@@ -227,13 +227,20 @@ pub fn client(args: &KafkaClientArgs) -> Result<ClientConfig, StreamError> {
     Ok(c)
 }
 
+/// The Kafka clients of a [`Feed`].
+pub struct Clients {
+    consumer: Arc<StreamConsumer<LagContext>>,
+    producer: Option<FutureProducer>,
+}
+
 /// Backoff after a failure of the store or the broker, before the same batch is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
 impl Feed {
-    /// Consumes until `stop` turns true. Errors only when the clients cannot be made (a bad
-    /// setting); a broker or store outage is retried, never fatal.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), StreamError> {
+    /// The consumer (subscribed) and the change producer (unless the change topic is off):
+    /// made before the server starts, so a bad setting stops it with the reason. No
+    /// connection is made yet.
+    pub fn clients(&self) -> Result<Clients, StreamError> {
         let consumer: StreamConsumer<LagContext> = client(&self.args.client)?
             .set("group.id", &self.args.kafka_group)
             .set("enable.auto.commit", "false")
@@ -243,11 +250,19 @@ impl Feed {
                 lag: self.metrics.lag.clone(),
             })?;
         consumer.subscribe(&[&self.args.kafka_purchase_topic])?;
-        let consumer = Arc::new(consumer);
-        let producer: Option<FutureProducer> = match self.args.segment_topic() {
+        let producer = match self.args.segment_topic() {
             Some(_) => Some(client(&self.args.client)?.set("acks", "all").create()?),
             None => None,
         };
+        Ok(Clients {
+            consumer: Arc::new(consumer),
+            producer,
+        })
+    }
+
+    /// Consumes until `stop` turns true; a broker or store outage is retried, never fatal.
+    pub async fn run(self: Arc<Self>, clients: Clients, mut stop: watch::Receiver<bool>) {
+        let Clients { consumer, producer } = clients;
         let rescore = match (&producer, self.args.kafka_rescore_secs) {
             (Some(p), secs) if secs > 0 => Some(tokio::spawn(self.clone().rescore_loop(
                 p.clone(),
@@ -272,7 +287,6 @@ impl Feed {
         if let Some(t) = rescore {
             t.abort();
         }
-        Ok(())
     }
 
     /// Waits for a message, then takes what else has arrived, up to `--kafka-batch`.

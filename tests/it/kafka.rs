@@ -428,3 +428,45 @@ async fn drifters_get_a_lapsing_change_and_a_replay_publishes_none() {
     );
     server.stop().await;
 }
+
+/// A Kafka setting the client refuses, or Kafka without the customer state, stops the
+/// server at start with the reason (no broker needed: nothing connects before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_kafka_setting_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    production_v001(reg.to_str().unwrap()).await;
+    let state = dir.path().join("state.redb");
+    for (extra, needle) in [
+        (
+            vec![
+                "--state",
+                state.to_str().unwrap(),
+                "--kafka-option",
+                "no.such.setting=1",
+            ],
+            "no.such.setting",
+        ),
+        (vec!["--state", "off"], "needs the customer state"),
+        (vec!["--kafka-option", "novalue"], "is not KEY=VALUE"),
+    ] {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loyalscore-serve"))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--registry", reg.to_str().unwrap()])
+            .args(["--kafka-brokers", "127.0.0.1:1"])
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // A server that logs the problem and serves on would never exit: bounded.
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{extra:?}: the server started and ran on"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} started");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+}
