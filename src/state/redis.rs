@@ -3,7 +3,8 @@
 //! compare-and-swap (a Lua script sets the new state only if `v` is still the version read),
 //! so two replicas updating one customer at once never lose a purchase: the loser reads again
 //! and re-applies. A batch costs two round trips (all reads pipelined, all swaps pipelined)
-//! plus a retry for the customers another writer touched in between.
+//! plus a retry for the customers another writer touched in between. A third field, `m`, holds
+//! the segment last published for the customer (`set_marks`), so an erasure's DEL takes it.
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
