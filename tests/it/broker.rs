@@ -7,10 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 pub struct Broker {
     child: Child,
@@ -139,42 +136,17 @@ impl Broker {
             .unwrap();
     }
 
-    /// Every message now on `topic`, as (key, payload), in order within each partition.
+    /// Every message now on `topic`, as (key, payload), in order within each partition: read
+    /// with the server's own topic reader.
     pub fn read_all(&self, topic: &str) -> Vec<(String, Vec<u8>)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("group.id", "test-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let t = Duration::from_secs(10);
-        let meta = consumer.fetch_metadata(Some(topic), t).unwrap();
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = std::collections::HashMap::new();
-        for p in meta.topics()[0].partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), t).unwrap();
-            if high > low {
-                ends.insert(p.id(), high);
-                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-                    .unwrap();
-            }
-        }
-        consumer.assign(&tpl).unwrap();
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.brokers());
         let mut out = Vec::new();
-        while !ends.is_empty() {
-            let m = consumer
-                .poll(Duration::from_secs(10))
-                .expect("the topic's messages within 10 s")
-                .unwrap();
-            let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap();
-            out.push((key, m.payload().unwrap_or_default().to_vec()));
-            if ends
-                .get(&m.partition())
-                .is_some_and(|&e| m.offset() + 1 >= e)
-            {
-                ends.remove(&m.partition());
-            }
-        }
+        loyalscore::stream::kafka::read_topic(config, "test-reader", topic, |k, v| {
+            let key = String::from_utf8(k.unwrap_or_default().to_vec()).unwrap();
+            out.push((key, v.unwrap_or_default().to_vec()));
+        })
+        .unwrap();
         out
     }
 }

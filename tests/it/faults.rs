@@ -1,6 +1,6 @@
 //! Faults of the real parts around the server: here, the registry's object store going away.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use loyalscore::model::BUNDLE_FILE;
@@ -13,26 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::moto::{Moto, BUCKET};
 use crate::server::{features_request, typical, wait_for};
-use crate::support::version;
-
-/// `loyalscore-serve` as a child process (so it reads the AWS variables as a user's would),
-/// killed on drop.
-struct ServeProcess(Child);
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{free_port, version, Killed};
 
 /// A pinned version that cannot be read because the store is down is `UNAVAILABLE` (worth a
 /// retry), not `NOT_FOUND`; the version in memory keeps answering.
@@ -73,7 +54,7 @@ async fn a_store_outage_while_loading_a_version_is_unavailable() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _server = ServeProcess(child);
+    let _server = Killed(child);
     let addr = format!("http://127.0.0.1:{port}");
     wait_for(async || {
         let Ok(ch) = tonic::transport::Channel::from_shared(addr.clone())

@@ -8,15 +8,7 @@ use std::time::Duration;
 
 use loyalscore::registry::Registry;
 
-use crate::support::{publish, sample, text, train_cli};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{free_port, publish, sample, text, train_cli};
 
 /// Starts `loyalscore-serve` on `registry` and `alias` and returns the first warning it
 /// logs (within 30 s), with the server killed.

@@ -5,7 +5,7 @@
 //! the topic publishes no change twice.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loyalscore::features::DAY;
@@ -15,6 +15,7 @@ use loyalscore::stream::{PurchaseMessage, SegmentChange};
 use crate::broker::Broker;
 use crate::server::{production_v001, until_serving, TestServer};
 use crate::state::{assert_by_id_equals_history, feed};
+use crate::support::{free_port, Killed};
 
 const PURCHASES: &str = "purchases";
 const CHANGES: &str = "segment-changes";
@@ -186,27 +187,10 @@ async fn purchases_from_the_topic_give_the_scores_of_the_sorted_history() {
     server.stop().await;
 }
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `loyalscore-serve` as a process on `grpc`, consuming the topic into `state` in small
 /// batches.
-fn serve(registry: &str, state: &str, brokers: &str, (grpc, metrics): (u16, u16)) -> Serve {
-    Serve(
+fn serve(registry: &str, state: &str, brokers: &str, (grpc, metrics): (u16, u16)) -> Killed {
+    Killed(
         Command::new(env!("CARGO_BIN_EXE_loyalscore-serve"))
             .args(["--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--registry", registry, "--state", state])

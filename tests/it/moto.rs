@@ -2,12 +2,14 @@
 //! `scripts/test.sh` installs it into `.venv`; `LOYALSCORE_MOTO_SERVER` may point elsewhere.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
+
+use crate::support::free_port;
 use object_store::{path::Path, ObjectStore, RetryConfig};
 
 pub struct Moto {
@@ -16,14 +18,6 @@ pub struct Moto {
 }
 
 pub const BUCKET: &str = "loyalscore-test";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 impl Moto {
     pub fn start() -> Moto {

@@ -3,7 +3,7 @@
 //! servers on one Redis lose no purchase, a killed server keeps what it acknowledged, and an
 //! erasure leaves nothing and names no one.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use loyalscore::features::DAY;
 use loyalscore::proto::v1 as pb;
@@ -16,7 +16,7 @@ use tonic::Code;
 
 use crate::redis::Redis;
 use crate::server::{admin, production_v001, until_serving, wait_for, TestServer};
-use crate::support::sample;
+use crate::support::{sample, Killed};
 
 pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds, nanos: 0 })
@@ -333,17 +333,8 @@ async fn forget_erases_the_customer_and_records_no_id() {
     );
 }
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(registry: &str, state: &str, port: u16) -> Serve {
-    Serve(
+fn serve(registry: &str, state: &str, port: u16) -> Killed {
+    Killed(
         Command::new(env!("CARGO_BIN_EXE_loyalscore-serve"))
             .args([
                 "--listen",
@@ -380,11 +371,7 @@ async fn a_killed_server_keeps_every_event_it_acknowledged() {
     let reg = dir.path().join("registry");
     production_v001(reg.to_str().unwrap()).await;
     let state = dir.path().join("state.redb");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut events: Vec<pb::PurchaseEvent> = (0..f.events.len()).map(|i| f.event(i)).collect();
     events.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(5));

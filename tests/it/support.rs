@@ -7,6 +7,25 @@ use loyalscore::time::parse_timestamp;
 use loyalscore::trainer::generate::{generate, GenerateOptions, Truth};
 
 /// A generated log written to `dir/sample.csv`, with its truth.
+/// A free loopback port: bound, then released for the server the caller starts on it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process the test started (a server), killed and reaped on drop.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn sample(dir: &Path, customers: usize, days: u32, seed: u64) -> (PathBuf, Vec<Truth>) {
     let opts = GenerateOptions {
         customers,
